@@ -1,0 +1,3 @@
+module github.com/shardflow/shardflow/integration
+
+go 1.26.0
