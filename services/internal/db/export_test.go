@@ -1,0 +1,4 @@
+package db
+
+// NewProvider exposes the goose provider Migrate uses, for tests of the Down migrations.
+var NewProvider = newProvider
