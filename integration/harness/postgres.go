@@ -1,0 +1,64 @@
+package harness
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// DefaultTestDSN is the database the suites use when
+// SHARDFLOW_TEST_DATABASE_URL is not set.
+const DefaultTestDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+
+// Schema creates a fresh schema for the test and returns a DSN whose
+// connections use it (search_path in the DSN, so the service processes use
+// it too) and a pool on it. The services run their migrations into it. The
+// schema is dropped when the test ends.
+func Schema(t testing.TB) (dsn string, pool *pgxpool.Pool) {
+	t.Helper()
+	base := os.Getenv("SHARDFLOW_TEST_DATABASE_URL")
+	if base == "" {
+		base = DefaultTestDSN
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin, err := pgxpool.New(ctx, base)
+	if err == nil {
+		err = admin.Ping(ctx)
+	}
+	if err != nil {
+		t.Fatalf("Postgres is not reachable at %s: %v\nstart it with `make postgres` (or set SHARDFLOW_TEST_DATABASE_URL); this suite needs a real database and does not skip", base, err)
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	schema := "sf_it_" + hex.EncodeToString(b[:])
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatalf("create schema: %v", err)
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	dsn = u.String()
+	pool, err = pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pool.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = admin.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
+		admin.Close()
+	})
+	return dsn, pool
+}

@@ -1,0 +1,203 @@
+package sender
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/smtp"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/shardflow/shardflow/schemas"
+	"github.com/shardflow/shardflow/services/internal/dlq"
+	"github.com/shardflow/shardflow/streams"
+)
+
+// Header names of a webhook delivery.
+const (
+	HeaderSignature      = "Shardflow-Signature"
+	HeaderIdempotencyKey = "Idempotency-Key"
+	HeaderAccount        = "Shardflow-Account"
+)
+
+// Secrets returns an account's webhook secret (the directory has it).
+type Secrets interface {
+	Lookup(id string) (streams.Account, bool)
+}
+
+// Config configures the sender.
+type Config struct {
+	// DB records deliveries. Required.
+	DB *pgxpool.Pool
+	// Accounts gives each account's signing secret. Required.
+	Accounts Secrets
+	// Client sends webhooks. Default: an http.Client with Timeout.
+	Client *http.Client
+	// Timeout bounds one webhook call. Default 10s.
+	Timeout time.Duration
+	// SMTPAddr is the SMTP relay for the email channel (host:port). Empty:
+	// email messages are dead-lettered as undeliverable.
+	SMTPAddr string
+	// SMTPFrom is the envelope sender. Default shardflow@localhost.
+	SMTPFrom string
+	// Logger, default slog.Default().
+	Logger *slog.Logger
+}
+
+// Sender is the sender stage handler.
+type Sender struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a Sender.
+func New(cfg Config) (*Sender, error) {
+	if cfg.DB == nil || cfg.Accounts == nil {
+		return nil, errors.New("sender: Config needs DB and Accounts")
+	}
+	cfg.Timeout = cmp.Or(cfg.Timeout, 10*time.Second)
+	if cfg.Client == nil {
+		cfg.Client = &http.Client{Timeout: cfg.Timeout}
+	}
+	cfg.SMTPFrom = cmp.Or(cfg.SMTPFrom, "shardflow@localhost")
+	return &Sender{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default())}, nil
+}
+
+// Sign returns the signature header value of body under secret.
+func Sign(secret string, body []byte) string {
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(body)
+	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
+}
+
+func dbOutcome(err error, what string) streams.Outcome {
+	err = fmt.Errorf("%s: %w", what, err)
+	if dlq.IsUnavailable(err) {
+		return streams.Unavailable(err)
+	}
+	return streams.Retry(err)
+}
+
+// Handle is the streams.Handler.
+func (s *Sender) Handle(ctx context.Context, m *streams.Msg) streams.Outcome {
+	var out schemas.Outbound
+	if err := json.Unmarshal(m.Data, &out); err != nil {
+		return streams.DeadLetter(streams.ClassUndecodable, fmt.Errorf("decode outbound message: %w", err))
+	}
+	if err := schemas.ValidateOutbound(m.Data); err != nil {
+		return streams.DeadLetter(streams.ClassSchemaInvalid, err)
+	}
+	// The logical id survives parking, release and replay.
+	id := cmp.Or(m.ID, out.ID)
+	var status string
+	err := s.cfg.DB.QueryRow(ctx, `
+		INSERT INTO deliveries (message_id, account_id, shard, channel, url, status)
+		VALUES ($1, $2, $3, $4, $5, 'sending')
+		ON CONFLICT (message_id) DO UPDATE SET attempts = deliveries.attempts + 1
+		RETURNING status`, id, out.Account, out.Shard, out.Channel, out.URL).Scan(&status)
+	if err != nil {
+		return dbOutcome(err, "record delivery attempt")
+	}
+	if status == "delivered" {
+		return streams.Ack() // a redelivery or replay of a message already sent
+	}
+	var code int
+	var outcome streams.Outcome
+	switch out.Channel {
+	case "webhook":
+		code, outcome = s.webhook(ctx, id, &out, m.Data)
+	case "email":
+		code, outcome = s.email(ctx, id, &out)
+	default:
+		return streams.DeadLetter(streams.ClassPermanent, fmt.Errorf("unknown channel %q", out.Channel))
+	}
+	if outcome.Kind != streams.OutcomeAck {
+		return outcome
+	}
+	if _, err := s.cfg.DB.Exec(ctx, `UPDATE deliveries SET status = 'delivered', status_code = $2, delivered_at = now() WHERE message_id = $1`, id, code); err != nil {
+		// Sent but not recorded: retried with the same Idempotency-Key.
+		return dbOutcome(err, "record delivery")
+	}
+	return streams.Ack()
+}
+
+func (s *Sender) webhook(ctx context.Context, id string, out *schemas.Outbound, body []byte) (int, streams.Outcome) {
+	acct, ok := s.cfg.Accounts.Lookup(out.Account)
+	if !ok {
+		return 0, streams.Retry(fmt.Errorf("%w: %s", streams.ErrUnknownAccount, out.Account))
+	}
+	u, err := url.Parse(out.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return 0, streams.DeadLetter(streams.ClassPermanent, fmt.Errorf("webhook url %q is not http(s)", out.URL))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, out.URL, bytes.NewReader(body))
+	if err != nil {
+		return 0, streams.DeadLetter(streams.ClassPermanent, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "shardflow-sender")
+	req.Header.Set(HeaderIdempotencyKey, id)
+	req.Header.Set(HeaderAccount, out.Account)
+	req.Header.Set(HeaderSignature, Sign(acct.Secret, body))
+	resp, err := s.cfg.Client.Do(req)
+	if err != nil {
+		return 0, streams.Retry(fmt.Errorf("webhook %s: %w", u.Host, err))
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+	code := resp.StatusCode
+	switch {
+	case code >= 200 && code < 300:
+		return code, streams.Ack()
+	case code == http.StatusTooManyRequests:
+		if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && ra > 0 {
+			return code, streams.RetryAfter(time.Duration(ra)*time.Second, fmt.Errorf("webhook %s: 429", u.Host))
+		}
+		return code, streams.Retry(fmt.Errorf("webhook %s: 429", u.Host))
+	case code == http.StatusRequestTimeout || code >= 500:
+		return code, streams.Retry(fmt.Errorf("webhook %s: %d", u.Host, code))
+	default:
+		return code, streams.DeadLetter(streams.ClassReceiver4xx, fmt.Errorf("webhook %s refused the message: %d", u.Host, code))
+	}
+}
+
+func (s *Sender) email(ctx context.Context, id string, out *schemas.Outbound) (int, streams.Outcome) {
+	to := strings.TrimPrefix(out.URL, "mailto:")
+	if s.cfg.SMTPAddr == "" {
+		return 0, streams.DeadLetter(streams.ClassPermanent, errors.New("email channel: no SMTP relay configured (SHARDFLOW_SMTP_ADDR)"))
+	}
+	body, _ := json.MarshalIndent(out.Event, "", "  ")
+	msg := fmt.Sprintf("From: %s\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s@shardflow>\r\nContent-Type: application/json\r\n\r\n%s\r\n",
+		s.cfg.SMTPFrom, to, out.Event.Event, strings.NewReplacer(":", ".", "/", ".").Replace(id), body)
+	done := make(chan error, 1)
+	go func() { done <- smtp.SendMail(s.cfg.SMTPAddr, nil, s.cfg.SMTPFrom, []string{to}, []byte(msg)) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			var tp interface{ Temporary() bool }
+			if errors.As(err, &tp) && !tp.Temporary() {
+				return 0, streams.DeadLetter(streams.ClassReceiver4xx, err)
+			}
+			return 0, streams.Retry(err)
+		}
+		return 250, streams.Ack()
+	case <-ctx.Done():
+		return 0, streams.Retry(ctx.Err())
+	case <-time.After(s.cfg.Timeout):
+		return 0, streams.Retry(errors.New("smtp: timeout"))
+	}
+}
+

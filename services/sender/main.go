@@ -1,0 +1,80 @@
+// Command sender consumes OUTBOUND_n and delivers by channel (webhook,
+// e-mail), recording each delivery in Postgres so none is sent twice.
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+
+	"github.com/shardflow/shardflow/services/internal/db"
+	"github.com/shardflow/shardflow/services/internal/sender"
+	"github.com/shardflow/shardflow/services/internal/service"
+	"github.com/shardflow/shardflow/streams"
+)
+
+type config struct {
+	service.Common `kong:"embed"`
+	Concurrency    int           `name:"concurrency" env:"SHARDFLOW_CONCURRENCY" default:"64" help:"Handler goroutines per shard."`
+	MaxInFlight    int           `name:"max-in-flight" env:"SHARDFLOW_MAX_IN_FLIGHT" default:"0" help:"Messages held per shard (default: the consumer's MaxAckPending)."`
+	Timeout        time.Duration `name:"webhook-timeout" env:"SHARDFLOW_WEBHOOK_TIMEOUT" default:"10s" help:"Bound on one webhook call."`
+	SMTPAddr       string        `name:"smtp-addr" env:"SHARDFLOW_SMTP_ADDR" help:"SMTP relay host:port for the email channel."`
+}
+
+func main() {
+	var cfg config
+	kong.Parse(&cfg, kong.Name("sender"), kong.Description("shardflow sender stage (OUTBOUND_n → webhook / e-mail)."))
+	if err := run(context.Background(), cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "sender:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg config) error {
+	env, err := service.Start(ctx, "sender", cfg.Common, streams.KindOutbound, streams.KindDeadLetter)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	if err := db.Migrate(ctx, cfg.DatabaseURL); err != nil {
+		return err
+	}
+	pool, err := db.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	dir, err := streams.OpenDirectory(ctx, env.JS, env.Log)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	client := &http.Client{
+		Timeout: cfg.Timeout,
+		Transport: otelhttp.NewTransport(&http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
+			otelhttp.WithTracerProvider(env.Tel.TracerProvider), otelhttp.WithMeterProvider(env.Tel.MeterProvider)),
+	}
+	s, err := sender.New(sender.Config{DB: pool, Accounts: dir, Client: client, Timeout: cfg.Timeout, SMTPAddr: cfg.SMTPAddr, Logger: env.Log})
+	if err != nil {
+		return err
+	}
+	stage, err := env.RunStage(ctx, streams.StageSender, dir, s.Handle, func(c *streams.ConsumerConfig) {
+		c.Concurrency, c.MaxInFlight = cfg.Concurrency, cfg.MaxInFlight
+	})
+	if err != nil {
+		return err
+	}
+	healthSrv, err := env.ServeHealth()
+	if err != nil {
+		return err
+	}
+	var g service.Group
+	g.Add("stage", stage)
+	g.Add("health", healthSrv)
+	return g.Run(ctx, env.Log, env.Config.ShutdownTimeout)
+}
