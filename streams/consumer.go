@@ -120,9 +120,9 @@ type ConsumerConfig struct {
 
 // Stats are counters of a Consumer, for tests and status pages.
 type Stats struct {
-	Acked, Retried, DeadLettered, Dropped, Held int64
-	InFlight, InFlightBytes                     int64
-	PeakInFlight, PeakInFlightBytes             int64
+	Acked, Retried, DeadLettered, Dropped, Held, Deferred int64
+	InFlight, InFlightBytes                               int64
+	PeakInFlight, PeakInFlightBytes                       int64
 }
 
 // Consumer runs a Handler over one stage consumer of one shard. Create it
@@ -142,6 +142,7 @@ type Consumer struct {
 
 	inFlight, inFlightBytes, peak, peakBytes atomic.Int64
 	acked, retried, deadLettered, dropped    atomic.Int64
+	deferred                                 atomic.Int64
 	held                                     atomic.Int64 // handlers holding for a dependency
 	freed                                    chan struct{}
 
@@ -225,7 +226,7 @@ const fetchOverhead = 1024
 func (c *Consumer) Stats() Stats {
 	return Stats{
 		Acked: c.acked.Load(), Retried: c.retried.Load(), DeadLettered: c.deadLettered.Load(),
-		Dropped: c.dropped.Load(), Held: c.held.Load(),
+		Dropped: c.dropped.Load(), Held: c.held.Load(), Deferred: c.deferred.Load(),
 		InFlight: c.inFlight.Load(), InFlightBytes: c.inFlightBytes.Load(),
 		PeakInFlight: c.peak.Load(), PeakInFlightBytes: c.peakBytes.Load(),
 	}
@@ -581,6 +582,17 @@ func (c *Consumer) apply(ctx context.Context, m *Msg, out Outcome) {
 	case OutcomeDeadLetter:
 		c.noteFailure(m)
 		c.deadLetter(ctx, m, out.Class, out.Err)
+	case OutcomeDefer:
+		if err := c.deferMsg(ctx, m, out.Delay); err != nil {
+			c.log.WarnContext(ctx, "defer failed; retrying instead", "seq", m.Sequence, "err", err)
+			_ = m.raw.NakWithDelay(nakDelay(c.backoff, m.Delivered, out.Delay))
+			return
+		}
+		if err := m.raw.TermWithReason("deferred: " + out.Reason); err != nil {
+			c.log.WarnContext(ctx, "term after defer failed; the copy is idempotent", "seq", m.Sequence, "err", err)
+		}
+		c.deferred.Add(1)
+		c.m.deferred.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(append(c.m.base, attribute.String("reason", out.Reason))...)))
 	case OutcomeDrop:
 		c.forget(m)
 		if err := m.raw.TermWithReason(out.Reason); err != nil {
@@ -634,6 +646,21 @@ func (c *Consumer) deadLetter(ctx context.Context, m *Msg, class string, cause e
 	}
 	c.deadLettered.Add(1)
 	c.m.deadLettered.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(append(c.m.base, attribute.String("reason", class))...)))
+}
+
+// deferMsg stores a message schedule that puts a copy of m back on its
+// subject after d. Its id (defer:<stream>:<seq>) makes a repeat harmless.
+func (c *Consumer) deferMsg(ctx context.Context, m *Msg, d time.Duration) error {
+	h := CopyHeaders(m.Header)
+	at := time.Now().Add(max(d, time.Second)).UTC()
+	h.Set("Nats-Schedule", "@at "+at.Format(time.RFC3339Nano))
+	h.Set("Nats-Schedule-Target", m.raw.Subject())
+	h.Set(jetstream.MsgIDHeader, "defer:"+c.stream+":"+strconv.FormatUint(m.Sequence, 10))
+	subj := string(m.Subject.Kind) + "." + strconv.Itoa(m.Subject.Shard) + "." + m.Subject.Account + "." + deferredToken + "." + strconv.FormatUint(m.Sequence, 10)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := c.cfg.JetStream.PublishMsg(pctx, &nats.Msg{Subject: subj, Header: h, Data: m.Data})
+	return err
 }
 
 // park stores a copy of a suspended account's message under its held

@@ -441,3 +441,50 @@ func TestConsumerStopsGracefully(t *testing.T) {
 		t.Fatalf("left %d, acked %d", left, st.Acked)
 	}
 }
+
+// A deferred message comes back after the delay as a fresh delivery (no
+// attempt used up) and does not hold a slot meanwhile.
+func TestConsumerDeferBringsMessageBackWithoutUsingAttempts(t *testing.T) {
+	e := setup(t, fastTopology())
+	e.publishN(t, 0, "acme", 3, []byte("x"))
+	var mu sync.Mutex
+	seen := map[string][]time.Time{}
+	deliveries := map[string][]int{}
+	c := newConsumer(t, e, streams.ConsumerConfig{Shard: 0, Handler: func(ctx context.Context, m *streams.Msg) streams.Outcome {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[m.ID] = append(seen[m.ID], time.Now())
+		deliveries[m.ID] = append(deliveries[m.ID], m.Delivered)
+		if len(seen[m.ID]) <= 3 {
+			return streams.Defer(time.Second, "breaker_open")
+		}
+		return streams.Ack()
+	}})
+	run(t, c)
+	eventually(t, 20*time.Second, func() error {
+		if st := c.Stats(); st.Acked != 3 || st.Deferred != 9 {
+			return fmt.Errorf("stats %+v", st)
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for id, ts := range seen {
+		for i := 1; i < len(ts); i++ {
+			if gap := ts[i].Sub(ts[i-1]); gap < 900*time.Millisecond {
+				t.Fatalf("%s came back after %v, before its delay", id, gap)
+			}
+		}
+		for _, d := range deliveries[id] {
+			if d != 1 {
+				t.Fatalf("%s deliveries %v: a deferral used up an attempt", id, deliveries[id])
+			}
+		}
+	}
+	eventually(t, 5*time.Second, func() error {
+		if n := streamMsgs(t, e.js, "INBOUND_0"); n != 0 {
+			return fmt.Errorf("%d left (schedules or copies)", n)
+		}
+		return nil
+	})
+}

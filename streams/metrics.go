@@ -20,6 +20,7 @@ const (
 	MetricDeadLettered = "shardflow_stage_dead_lettered"
 	MetricDropped      = "shardflow_stage_dropped"
 	MetricParked       = "shardflow_stage_parked"
+	MetricDeferred     = "shardflow_stage_deferred"
 	MetricDuration     = "shardflow_stage_handler_duration"
 	MetricInFlight     = "shardflow_stage_in_flight"
 	MetricPending      = "shardflow_stage_pending"
@@ -28,10 +29,10 @@ const (
 )
 
 type stageMetrics struct {
-	base                                                       []attribute.KeyValue
-	attrs                                                      metric.MeasurementOption
-	acked, retried, redelivered, deadLettered, dropped, parked metric.Int64Counter
-	duration                                                   metric.Float64Histogram
+	base                                                                 []attribute.KeyValue
+	attrs                                                                metric.MeasurementOption
+	acked, retried, redelivered, deadLettered, dropped, parked, deferred metric.Int64Counter
+	duration                                                             metric.Float64Histogram
 }
 
 func newStageMetrics(mp metric.MeterProvider, c *Consumer) (*stageMetrics, error) {
@@ -56,6 +57,7 @@ func newStageMetrics(mp metric.MeterProvider, c *Consumer) (*stageMetrics, error
 	s.deadLettered = counter(MetricDeadLettered, "Messages dead-lettered, by reason (error class).")
 	s.dropped = counter(MetricDropped, "Messages terminated without processing, by reason.")
 	s.parked = counter(MetricParked, "Messages of suspended accounts parked until restore.")
+	s.deferred = counter(MetricDeferred, "Messages set aside for later without using an attempt, by reason.")
 	if err != nil {
 		return nil, err
 	}

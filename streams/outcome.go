@@ -16,6 +16,7 @@ const (
 	OutcomeDeadLetter
 	OutcomeDrop
 	OutcomeUnavailable
+	OutcomeDefer
 )
 
 func (k OutcomeKind) String() string {
@@ -30,6 +31,8 @@ func (k OutcomeKind) String() string {
 		return "drop"
 	case OutcomeUnavailable:
 		return "unavailable"
+	case OutcomeDefer:
+		return "defer"
 	}
 	return "invalid"
 }
@@ -101,6 +104,17 @@ func Drop(reason string) Outcome { return Outcome{Kind: OutcomeDrop, Reason: rea
 // interval until it answers something else; then fetching resumes.
 func Unavailable(err error) Outcome { return Outcome{Kind: OutcomeUnavailable, Err: err} }
 
+// Defer: this message cannot be handled now for a reason that is not its
+// fault and does not concern the other messages (its receiver's circuit
+// breaker is open, say). It is set aside until d has passed, without using
+// up a delivery attempt and without holding a slot the other messages need:
+// a JetStream message schedule (stored under <kind>.<shard>.<account>.deferred.<seq>,
+// which the stage consumer does not read) puts a fresh copy back on its
+// subject at that time, and the original is terminated.
+func Defer(d time.Duration, reason string) Outcome {
+	return Outcome{Kind: OutcomeDefer, Delay: d, Reason: reason}
+}
+
 func (o Outcome) String() string {
 	switch o.Kind {
 	case OutcomeRetry:
@@ -109,6 +123,8 @@ func (o Outcome) String() string {
 		return fmt.Sprintf("dead_letter(%s: %v)", o.Class, o.Err)
 	case OutcomeDrop:
 		return "drop(" + o.Reason + ")"
+	case OutcomeDefer:
+		return fmt.Sprintf("defer(%v, %s)", o.Delay, o.Reason)
 	case OutcomeUnavailable:
 		return fmt.Sprintf("unavailable(%v)", o.Err)
 	}

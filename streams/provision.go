@@ -153,6 +153,7 @@ func provisionStream(ctx context.Context, js jetstream.JetStream, want jetstream
 	upd := have
 	upd.Subjects, upd.Replicas, upd.MaxMsgSize, upd.Duplicates = want.Subjects, want.Replicas, want.MaxMsgSize, want.Duplicates
 	upd.MaxAge, upd.Discard, upd.AllowAtomicPublish, upd.Description, upd.Placement = want.MaxAge, want.Discard, want.AllowAtomicPublish, want.Description, want.Placement
+	upd.AllowMsgSchedules, upd.AllowRollup = want.AllowMsgSchedules, want.AllowRollup
 	if _, err := js.UpdateStream(ctx, upd); err != nil {
 		return ch, fmt.Errorf("streams: update stream %s: %w", want.Name, err)
 	}
@@ -193,6 +194,12 @@ func streamDiff(have, want jetstream.StreamConfig) (diff, immutable []string) {
 	}
 	if have.AllowAtomicPublish != want.AllowAtomicPublish {
 		add("allow_atomic", have.AllowAtomicPublish, want.AllowAtomicPublish, true)
+	}
+	if have.AllowMsgSchedules != want.AllowMsgSchedules {
+		add("allow_msg_schedules", have.AllowMsgSchedules, want.AllowMsgSchedules, true)
+	}
+	if have.AllowRollup != want.AllowRollup {
+		add("allow_rollup_hdrs", have.AllowRollup, want.AllowRollup, true)
 	}
 	if have.Description != want.Description {
 		add("description", have.Description, want.Description, true)

@@ -31,6 +31,9 @@ var Kinds = []Kind{KindInbound, KindOutbound, KindAccounts, KindDeadLetter}
 // (<kind>.<shard>.<account>.>) still covers them.
 const heldToken = "held"
 
+// deferredToken marks a deferred copy: <kind>.<shard>.<account>.deferred.<seq>.
+const deferredToken = "deferred"
+
 // MaxAccountIDLen is the longest account id accepted.
 const MaxAccountIDLen = 64
 
@@ -57,7 +60,7 @@ func ValidateAccountID(id string) error {
 
 // validateToken checks a message type token (track, webhook, processor...).
 func validateToken(what, tok string) error {
-	if tok == "" || tok == heldToken || strings.ContainsAny(tok, ".*> \t\r\n") {
+	if tok == "" || tok == heldToken || tok == deferredToken || strings.ContainsAny(tok, ".*> \t\r\n") {
 		return fmt.Errorf("streams: invalid %s token %q", what, tok)
 	}
 	return nil

@@ -216,8 +216,13 @@ func (t Topology) StreamConfig(kind Kind, shard int) jetstream.StreamConfig {
 	case KindInbound, KindOutbound:
 		cfg.Retention = jetstream.WorkQueuePolicy
 		cfg.Description = fmt.Sprintf("shard %d %s work (work-queue: leaves once acked, terminated or purged)", shard, kind)
-		cfg.Discard = jetstream.DiscardNew // never silently drop accepted work
+		// No size or count limit is set on stage streams, so no accepted work
+		// is ever discarded; DiscardOld is what message schedules require.
 		cfg.AllowAtomicPublish = kind == KindInbound
+		// Deferred messages (Defer outcome) come back through a JetStream
+		// message schedule, which needs schedules and roll-ups enabled.
+		cfg.AllowMsgSchedules = true
+		cfg.AllowRollup = true
 	case KindAccounts:
 		cfg.Retention = jetstream.LimitsPolicy
 		cfg.MaxAge = t.AccountEventsMaxAge
