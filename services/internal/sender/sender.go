@@ -53,6 +53,12 @@ type Config struct {
 	SMTPAddr string
 	// SMTPFrom is the envelope sender. Default shardflow@localhost.
 	SMTPFrom string
+	// BreakerThreshold is how many failures in a row open a destination's
+	// circuit breaker. Default 5.
+	BreakerThreshold int
+	// BreakerCooldown is how long an open breaker waits before a probe.
+	// Default 5s.
+	BreakerCooldown time.Duration
 	// Logger, default slog.Default().
 	Logger *slog.Logger
 }
@@ -61,6 +67,7 @@ type Config struct {
 type Sender struct {
 	cfg Config
 	log *slog.Logger
+	br  *breakers
 }
 
 // New returns a Sender.
@@ -73,7 +80,9 @@ func New(cfg Config) (*Sender, error) {
 		cfg.Client = &http.Client{Timeout: cfg.Timeout}
 	}
 	cfg.SMTPFrom = cmp.Or(cfg.SMTPFrom, "shardflow@localhost")
-	return &Sender{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default())}, nil
+	cfg.BreakerThreshold = cmp.Or(cfg.BreakerThreshold, 5)
+	cfg.BreakerCooldown = cmp.Or(cfg.BreakerCooldown, 5*time.Second)
+	return &Sender{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default()), br: newBreakers(cfg.BreakerThreshold, cfg.BreakerCooldown)}, nil
 }
 
 // Sign returns the signature header value of body under secret.
@@ -134,14 +143,43 @@ func (s *Sender) Handle(ctx context.Context, m *streams.Msg) streams.Outcome {
 	return streams.Ack()
 }
 
+// webhook sends through the destination's circuit breaker. A failure while
+// the breaker is closed is the message's own retry (it uses an attempt);
+// once the breaker is open the message is deferred (another destination is
+// healthy) or held (every destination is down), using no attempt.
 func (s *Sender) webhook(ctx context.Context, id string, out *schemas.Outbound, body []byte) (int, streams.Outcome) {
-	acct, ok := s.cfg.Accounts.Lookup(out.Account)
-	if !ok {
-		return 0, streams.Retry(fmt.Errorf("%w: %s", streams.ErrUnknownAccount, out.Account))
-	}
 	u, err := url.Parse(out.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
 		return 0, streams.DeadLetter(streams.ClassPermanent, fmt.Errorf("webhook url %q is not http(s)", out.URL))
+	}
+	dest := u.Scheme + "://" + u.Host
+	if s.br.admit(dest) == stateOpen {
+		return 0, s.whileOpen(dest, fmt.Errorf("webhook %s: circuit breaker open", u.Host))
+	}
+	code, outcome := s.post(ctx, id, out, u, body)
+	failed := outcome.Kind == streams.OutcomeRetry
+	if s.br.result(dest, !failed) && failed {
+		if errors.Is(outcome.Err, context.Canceled) {
+			return code, outcome
+		}
+		s.log.WarnContext(ctx, "receiver failing: circuit breaker open", "destination", dest, "cooldown", s.cfg.BreakerCooldown, "err", outcome.Err)
+		return code, s.whileOpen(dest, outcome.Err)
+	}
+	return code, outcome
+}
+
+// whileOpen is the outcome for a message whose destination's breaker is open.
+func (s *Sender) whileOpen(dest string, err error) streams.Outcome {
+	if s.br.allOpen(time.Minute) {
+		return streams.Unavailable(err)
+	}
+	return streams.Defer(max(s.br.retryIn(dest), time.Second), "breaker_open")
+}
+
+func (s *Sender) post(ctx context.Context, id string, out *schemas.Outbound, u *url.URL, body []byte) (int, streams.Outcome) {
+	acct, ok := s.cfg.Accounts.Lookup(out.Account)
+	if !ok {
+		return 0, streams.Retry(fmt.Errorf("%w: %s", streams.ErrUnknownAccount, out.Account))
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, out.URL, bytes.NewReader(body))
 	if err != nil {
@@ -200,4 +238,3 @@ func (s *Sender) email(ctx context.Context, id string, out *schemas.Outbound) (i
 		return 0, streams.Retry(errors.New("smtp: timeout"))
 	}
 }
-
