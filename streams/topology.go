@@ -79,7 +79,10 @@ func DefaultConsumers() []ConsumerSpec {
 		{Name: StageProcessor, Kind: KindInbound},
 		{Name: StageSender, Kind: KindOutbound},
 		{Name: StageIndexer, Kind: KindDeadLetter},
-		{Name: StageAccounts, Kind: KindAccounts, BackOff: []time.Duration{30 * time.Second, time.Minute}, MaxAckPending: 16},
+		// The deletion saga: a crashed saga resumes after the first step
+		// (the runtime keeps a long step alive with in-progress acks), and
+		// many attempts are allowed, since a saga must finish.
+		{Name: StageAccounts, Kind: KindAccounts, MaxDeliver: 20, BackOff: []time.Duration{2 * time.Second, 5 * time.Second, 15 * time.Second, 30 * time.Second}, MaxAckPending: 16},
 	}
 }
 

@@ -1,0 +1,40 @@
+// Package accounts is the logic of the accounts service (DESIGN.md §3, §5):
+// the admin HTTP API that creates, updates, suspends, restores and deletes
+// accounts and their triggers, and the account-deletion saga.
+//
+// # Source of truth and distribution
+//
+// Postgres holds every account (table accounts). Each change is written to
+// the account directory, the JetStream KV bucket every service instance
+// watches (streams.DirectoryKV), while the account's row is locked (SELECT
+// ... FOR UPDATE), so directory writes of one account are serialised and the
+// directory never goes back to an older state. A lifecycle event
+// (schemas.AccountEvent) is then published to accounts.<shard>.<id>.<type>
+// with an id that carries the account generation (streams.MessageID): the
+// duplicate window of JetStream outlives a purge, so ids of a re-created
+// account must differ from those of its previous incarnation.
+//
+// # The deletion saga
+//
+// DELETE /v1/accounts/{id} marks the account deleting in one transaction
+// (generation+1, a row in account_deletions), writes the directory (from that
+// moment ingest answers 410 and every stage drops the account's messages) and
+// publishes the deleted event. [Service.HandleEvent], run by the durable
+// consumer "accounts" on every ACCOUNTS_<n> stream, then runs the steps in
+// [Steps] order, recording each finished step (and what it did) in
+// account_deletions.audit. The event is acknowledged only once the saga is
+// complete, so a crash at any point is followed by a redelivery that resumes
+// at the first step not recorded; every step is idempotent. One saga runs
+// per account at a time (a Postgres advisory lock), whatever the number of
+// accounts service instances.
+//
+// A dependency outage (Postgres unreachable, NATS disconnected) is reported
+// as streams.Unavailable, so it burns no delivery attempts.
+//
+// # Test hook
+//
+// [Config.AfterStep] is called right after each step is recorded. It exists
+// for tests only: the accounts binary sets it from
+// SHARDFLOW_TEST_CRASH_AFTER_STEP to exit the process, and the package tests
+// make it fail once to exercise a resume.
+package accounts
