@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/shardflow/shardflow/schemas"
 )
@@ -29,11 +30,12 @@ type Receiver struct {
 	badSig    int
 	requests  int
 	traces    map[string]string // idempotency key → traceparent
+	lastAt    map[string]time.Time
 }
 
 // NewReceiver starts a receiver, closed when the test ends.
 func NewReceiver(t testing.TB, secret func(string) string) *Receiver {
-	r := &Receiver{Secret: secret, byKey: map[string]int{}, byAccount: map[string]int{}, traces: map[string]string{}}
+	r := &Receiver{Secret: secret, byKey: map[string]int{}, byAccount: map[string]int{}, traces: map[string]string{}, lastAt: map[string]time.Time{}}
 	r.srv = httptest.NewServer(http.HandlerFunc(r.handle))
 	t.Cleanup(r.srv.Close)
 	return r
@@ -62,6 +64,7 @@ func (r *Receiver) handle(w http.ResponseWriter, req *http.Request) {
 		r.byKey[key]++
 		r.byAccount[out.Account]++
 		r.traces[key] = req.Header.Get("traceparent")
+		r.lastAt[out.Account] = time.Now()
 	}
 	r.mu.Unlock()
 	w.WriteHeader(code)
@@ -110,4 +113,11 @@ func (r *Receiver) Requests() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.requests
+}
+
+// LastAt is when the account's last successful delivery arrived.
+func (r *Receiver) LastAt(account string) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastAt[account]
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -403,11 +404,73 @@ func (s *Stack) Admin(method, path string, body, out any) int {
 // CreateAccount creates an account through the admin API.
 func (s *Stack) CreateAccount(id string) Account {
 	s.T.Helper()
+	return s.CreateAccountWith(map[string]any{"id": id})
+}
+
+// CreateAccountWith creates an account with a full request body.
+func (s *Stack) CreateAccountWith(body map[string]any) Account {
+	s.T.Helper()
 	var a Account
-	if code := s.Admin("POST", "/v1/accounts", map[string]any{"id": id}, &a); code != 201 {
-		s.T.Fatalf("create account %s: HTTP %d", id, code)
+	if code := s.Admin("POST", "/v1/accounts", body, &a); code != 201 {
+		s.T.Fatalf("create account %v: HTTP %d", body["id"], code)
 	}
 	return a
+}
+
+// AccountStatus returns the admin API's view of an account.
+func (s *Stack) AccountStatus(id string) map[string]any {
+	s.T.Helper()
+	var out map[string]any
+	s.Admin("GET", "/v1/accounts/"+id, nil, &out)
+	return out
+}
+
+// WaitStatus waits until the account has the status.
+func (s *Stack) WaitStatus(id, status string, within time.Duration) map[string]any {
+	s.T.Helper()
+	var last map[string]any
+	Eventually(s.T, within, func() error {
+		last = s.AccountStatus(id)
+		if last["status"] != status {
+			return fmt.Errorf("account %s is %v, want %s", id, last["status"], status)
+		}
+		return nil
+	})
+	return last
+}
+
+// ShardOf is the shard the accounts service assigns to an id (FNV-32a).
+func ShardOf(id string, shards int) int {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return int(h.Sum32() % uint32(shards))
+}
+
+// SameShardIDs returns n account ids with prefix that share one shard.
+func SameShardIDs(prefix string, n, shards int) []string {
+	var ids []string
+	want := -1
+	for i := 0; len(ids) < n; i++ {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		sh := ShardOf(id, shards)
+		if want < 0 {
+			want = sh
+		}
+		if sh == want {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// AccountMessages counts an account's messages in a kind's stream.
+func (s *Stack) AccountMessages(kind streams.Kind, shard int, account string) uint64 {
+	s.T.Helper()
+	n, err := streams.CountSubject(context.Background(), s.JS, streams.StreamName(kind, shard), streams.AccountFilter(kind, shard, account))
+	if err != nil {
+		s.T.Fatal(err)
+	}
+	return n
 }
 
 // SetTrigger points an account's event at a webhook URL.

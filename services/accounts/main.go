@@ -62,6 +62,9 @@ func run(ctx context.Context, cfg Config) error {
 	}
 	defer env.Close()
 
+	if err := db.Migrate(ctx, cfg.DatabaseURL); err != nil {
+		return err
+	}
 	pool, err := db.Open(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return err
