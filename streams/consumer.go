@@ -48,6 +48,8 @@ type Msg struct {
 	Delivered int
 	// Published is when JetStream stored it.
 	Published time.Time
+	// Deferrals counts earlier Defer outcomes of this message.
+	Deferrals int
 
 	raw  jetstream.Msg
 	size int
@@ -397,6 +399,9 @@ func (c *Consumer) wrap(raw jetstream.Msg) *Msg {
 	if g := h.Get(HeaderGeneration); g != "" {
 		m.Generation, _ = strconv.ParseInt(g, 10, 64)
 	}
+	if d := h.Get(HeaderDeferrals); d != "" {
+		m.Deferrals, _ = strconv.Atoi(d)
+	}
 	return m
 }
 
@@ -655,6 +660,7 @@ func (c *Consumer) deferMsg(ctx context.Context, m *Msg, d time.Duration) error 
 	at := time.Now().Add(max(d, time.Second)).UTC()
 	h.Set("Nats-Schedule", "@at "+at.Format(time.RFC3339Nano))
 	h.Set("Nats-Schedule-Target", m.raw.Subject())
+	h.Set(HeaderDeferrals, strconv.Itoa(m.Deferrals+1))
 	h.Set(jetstream.MsgIDHeader, "defer:"+c.stream+":"+strconv.FormatUint(m.Sequence, 10))
 	subj := string(m.Subject.Kind) + "." + strconv.Itoa(m.Subject.Shard) + "." + m.Subject.Account + "." + deferredToken + "." + strconv.FormatUint(m.Sequence, 10)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)

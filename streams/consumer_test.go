@@ -455,6 +455,9 @@ func TestConsumerDeferBringsMessageBackWithoutUsingAttempts(t *testing.T) {
 		defer mu.Unlock()
 		seen[m.ID] = append(seen[m.ID], time.Now())
 		deliveries[m.ID] = append(deliveries[m.ID], m.Delivered)
+		if m.Deferrals != len(seen[m.ID])-1 {
+			t.Errorf("%s: Deferrals %d on visit %d", m.ID, m.Deferrals, len(seen[m.ID]))
+		}
 		if len(seen[m.ID]) <= 3 {
 			return streams.Defer(time.Second, "breaker_open")
 		}

@@ -31,6 +31,9 @@ const (
 	// HeaderLinkTraceparent carries the original trace of a replayed message,
 	// so the new trace links to it.
 	HeaderLinkTraceparent = "Shardflow-Link-Traceparent"
+	// HeaderDeferrals counts how often a message was deferred, so a handler
+	// can stop deferring a message whose destination never recovers.
+	HeaderDeferrals = "Shardflow-Deferrals"
 )
 
 // HeaderCarrier adapts nats.Header to OpenTelemetry's TextMapCarrier.

@@ -189,6 +189,14 @@ func (s *Stack) AdminURL() string { return "http://" + s.Addr("accounts") }
 // binary is the part before the dash) and waits until it is ready.
 func (s *Stack) Start(name string, env ...string) *Proc {
 	s.T.Helper()
+	p := s.Launch(name, env...)
+	p.WaitReady(60 * time.Second)
+	return p
+}
+
+// Launch starts a service process without waiting for it to be ready.
+func (s *Stack) Launch(name string, env ...string) *Proc {
+	s.T.Helper()
 	bin := name
 	if i := strings.IndexByte(name, '-'); i > 0 {
 		bin = name[:i]
@@ -214,7 +222,6 @@ func (s *Stack) Start(name string, env ...string) *Proc {
 	s.mu.Lock()
 	s.procs[name] = p
 	s.mu.Unlock()
-	p.WaitReady(60 * time.Second)
 	return p
 }
 
@@ -344,6 +351,13 @@ func (p *Proc) ExitCode() int {
 		return -1
 	}
 	return p.cmd.ProcessState.ExitCode()
+}
+
+// Relaunch starts an exited process again without waiting for readiness.
+func (p *Proc) Relaunch() {
+	p.s.T.Helper()
+	<-p.done
+	p.start()
 }
 
 // Restart starts the process again with the same environment.
@@ -564,4 +578,58 @@ func (p *Proc) LogLines(substr string) []string {
 		}
 	}
 	return out
+}
+
+// Proc returns a started process by name.
+func (s *Stack) Proc(name string) *Proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.procs[name]
+	if !ok {
+		s.T.Fatalf("no process %s", name)
+	}
+	return p
+}
+
+// StopDatabase makes the test database unavailable, as an outage would:
+// it refuses new connections and terminates the open ones. The returned
+// function brings it back. (The database is shared by the test's schema
+// only; the suites run one test at a time.)
+func (s *Stack) StopDatabase() (restore func()) {
+	s.T.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg, err := pgxpool.ParseConfig(s.DSN)
+	if err != nil {
+		s.T.Fatal(err)
+	}
+	dbName := cfg.ConnConfig.Database
+	adminCfg := cfg.Copy()
+	adminCfg.ConnConfig.Database = "postgres"
+	delete(adminCfg.ConnConfig.RuntimeParams, "search_path")
+	admin, err := pgxpool.NewWithConfig(ctx, adminCfg)
+	if err != nil {
+		s.T.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, `ALTER DATABASE "`+dbName+`" ALLOW_CONNECTIONS false`); err != nil {
+		s.T.Fatalf("stop database: %v", err)
+	}
+	if _, err := admin.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, dbName); err != nil {
+		s.T.Fatalf("stop database: %v", err)
+	}
+	restored := false
+	restore = func() {
+		if restored {
+			return
+		}
+		restored = true
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := admin.Exec(ctx, `ALTER DATABASE "`+dbName+`" ALLOW_CONNECTIONS true`); err != nil {
+			s.T.Errorf("restore database: %v", err)
+		}
+		admin.Close()
+	}
+	s.T.Cleanup(restore)
+	return restore
 }

@@ -24,6 +24,8 @@ type config struct {
 	MaxInFlight    int           `name:"max-in-flight" env:"SHARDFLOW_MAX_IN_FLIGHT" default:"0" help:"Messages held per shard (default: the consumer's MaxAckPending)."`
 	Timeout        time.Duration `name:"webhook-timeout" env:"SHARDFLOW_WEBHOOK_TIMEOUT" default:"10s" help:"Bound on one webhook call."`
 	SMTPAddr       string        `name:"smtp-addr" env:"SHARDFLOW_SMTP_ADDR" help:"SMTP relay host:port for the email channel."`
+	BreakerAfter   int           `name:"breaker-threshold" env:"SHARDFLOW_BREAKER_THRESHOLD" default:"5" help:"Failures in a row that open a destination's circuit breaker."`
+	BreakerFor     time.Duration `name:"breaker-cooldown" env:"SHARDFLOW_BREAKER_COOLDOWN" default:"5s" help:"How long an open breaker waits before a probe."`
 }
 
 func main() {
@@ -59,7 +61,7 @@ func run(ctx context.Context, cfg config) error {
 		Transport: otelhttp.NewTransport(&http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
 			otelhttp.WithTracerProvider(env.Tel.TracerProvider), otelhttp.WithMeterProvider(env.Tel.MeterProvider)),
 	}
-	s, err := sender.New(sender.Config{DB: pool, Accounts: dir, Client: client, Timeout: cfg.Timeout, SMTPAddr: cfg.SMTPAddr, Logger: env.Log})
+	s, err := sender.New(sender.Config{DB: pool, Accounts: dir, Client: client, Timeout: cfg.Timeout, SMTPAddr: cfg.SMTPAddr, BreakerThreshold: cfg.BreakerAfter, BreakerCooldown: cfg.BreakerFor, Logger: env.Log})
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/shardflow/shardflow/streams"
 )
 
 // ErrAcquireTimeout is returned by Acquire when the pool could not hand out a
@@ -123,4 +125,20 @@ var unavailableTexts = []string{
 	"the database system is shutting down",
 	"the database system is starting up",
 	"no connection to the server",
+}
+
+// Outcome classifies a database error for a stage handler: the database
+// being down is Unavailable (hold, no attempt used); a data exception or an
+// integrity violation (SQLSTATE classes 22 and 23: the message's content can
+// never be stored) is a permanent failure, dead-lettered at once; anything
+// else is retried on the backoff schedule.
+func Outcome(err error) streams.Outcome {
+	if IsUnavailable(err) {
+		return streams.Unavailable(err)
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23")) {
+		return streams.DeadLetter(streams.ClassPermanent, err)
+	}
+	return streams.Retry(err)
 }

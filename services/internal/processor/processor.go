@@ -97,11 +97,7 @@ func userKey(ev *schemas.Event) string {
 }
 
 func dbOutcome(err error, what string) streams.Outcome {
-	err = fmt.Errorf("%s: %w", what, err)
-	if dlq.IsUnavailable(err) {
-		return streams.Unavailable(err)
-	}
-	return streams.Retry(err)
+	return dlq.Outcome(fmt.Errorf("%s: %w", what, err))
 }
 
 func (p *Processor) identify(ctx context.Context, m *streams.Msg, ev *schemas.Event) streams.Outcome {

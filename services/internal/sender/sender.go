@@ -59,6 +59,11 @@ type Config struct {
 	// BreakerCooldown is how long an open breaker waits before a probe.
 	// Default 5s.
 	BreakerCooldown time.Duration
+	// MaxDeferrals bounds how often one message is deferred for an open
+	// breaker; past it, failures use up attempts again, so a destination
+	// that never recovers ends in dead letters instead of cycling for ever.
+	// Default 30.
+	MaxDeferrals int
 	// Logger, default slog.Default().
 	Logger *slog.Logger
 }
@@ -82,6 +87,7 @@ func New(cfg Config) (*Sender, error) {
 	cfg.SMTPFrom = cmp.Or(cfg.SMTPFrom, "shardflow@localhost")
 	cfg.BreakerThreshold = cmp.Or(cfg.BreakerThreshold, 5)
 	cfg.BreakerCooldown = cmp.Or(cfg.BreakerCooldown, 5*time.Second)
+	cfg.MaxDeferrals = cmp.Or(cfg.MaxDeferrals, 30)
 	return &Sender{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default()), br: newBreakers(cfg.BreakerThreshold, cfg.BreakerCooldown)}, nil
 }
 
@@ -93,11 +99,7 @@ func Sign(secret string, body []byte) string {
 }
 
 func dbOutcome(err error, what string) streams.Outcome {
-	err = fmt.Errorf("%s: %w", what, err)
-	if dlq.IsUnavailable(err) {
-		return streams.Unavailable(err)
-	}
-	return streams.Retry(err)
+	return dlq.Outcome(fmt.Errorf("%s: %w", what, err))
 }
 
 // Handle is the streams.Handler.
@@ -127,7 +129,7 @@ func (s *Sender) Handle(ctx context.Context, m *streams.Msg) streams.Outcome {
 	var outcome streams.Outcome
 	switch out.Channel {
 	case "webhook":
-		code, outcome = s.webhook(ctx, id, &out, m.Data)
+		code, outcome = s.webhook(ctx, m, id, &out, m.Data)
 	case "email":
 		code, outcome = s.email(ctx, id, &out)
 	default:
@@ -147,14 +149,14 @@ func (s *Sender) Handle(ctx context.Context, m *streams.Msg) streams.Outcome {
 // the breaker is closed is the message's own retry (it uses an attempt);
 // once the breaker is open the message is deferred (another destination is
 // healthy) or held (every destination is down), using no attempt.
-func (s *Sender) webhook(ctx context.Context, id string, out *schemas.Outbound, body []byte) (int, streams.Outcome) {
+func (s *Sender) webhook(ctx context.Context, m *streams.Msg, id string, out *schemas.Outbound, body []byte) (int, streams.Outcome) {
 	u, err := url.Parse(out.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
 		return 0, streams.DeadLetter(streams.ClassPermanent, fmt.Errorf("webhook url %q is not http(s)", out.URL))
 	}
 	dest := u.Scheme + "://" + u.Host
 	if s.br.admit(dest) == stateOpen {
-		return 0, s.whileOpen(dest, fmt.Errorf("webhook %s: circuit breaker open", u.Host))
+		return 0, s.whileOpen(m, dest, fmt.Errorf("webhook %s: circuit breaker open", u.Host))
 	}
 	code, outcome := s.post(ctx, id, out, u, body)
 	failed := outcome.Kind == streams.OutcomeRetry
@@ -163,15 +165,18 @@ func (s *Sender) webhook(ctx context.Context, id string, out *schemas.Outbound, 
 			return code, outcome
 		}
 		s.log.WarnContext(ctx, "receiver failing: circuit breaker open", "destination", dest, "cooldown", s.cfg.BreakerCooldown, "err", outcome.Err)
-		return code, s.whileOpen(dest, outcome.Err)
+		return code, s.whileOpen(m, dest, outcome.Err)
 	}
 	return code, outcome
 }
 
 // whileOpen is the outcome for a message whose destination's breaker is open.
-func (s *Sender) whileOpen(dest string, err error) streams.Outcome {
+func (s *Sender) whileOpen(m *streams.Msg, dest string, err error) streams.Outcome {
 	if s.br.allOpen(time.Minute) {
 		return streams.Unavailable(err)
+	}
+	if m.Deferrals >= s.cfg.MaxDeferrals {
+		return streams.Retry(fmt.Errorf("deferred %d times: %w", m.Deferrals, err))
 	}
 	return streams.Defer(max(s.br.retryIn(dest), time.Second), "breaker_open")
 }
