@@ -154,7 +154,7 @@ func TestCrashLoopIsDeadLetteredViaAdvisory(t *testing.T) {
 // load. Nothing is lost, duplicated or dead-lettered, and everything is
 // delivered within a minute of its return.
 func TestPostgresOutage(t *testing.T) {
-	s := startPipeline(t, harness.Options{})
+	s := startPipeline(t, harness.Options{OwnDatabase: true})
 	a := s.CreateAccountWith(map[string]any{"id": "steady", "rate_limit": 1_000_000})
 	recv := harness.NewReceiver(t, secrets(t, s))
 	s.SetTrigger(a.ID, "welcome", "Signed Up", recv.URL())

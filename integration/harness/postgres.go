@@ -62,3 +62,47 @@ func Schema(t testing.TB) (dsn string, pool *pgxpool.Pool) {
 	})
 	return dsn, pool
 }
+
+// Database creates a fresh database (not just a schema) for a test that
+// breaks the database itself (an outage), so no other test is affected. It
+// is dropped when the test ends.
+func Database(t testing.TB) (dsn string, pool *pgxpool.Pool) {
+	t.Helper()
+	base := os.Getenv("SHARDFLOW_TEST_DATABASE_URL")
+	if base == "" {
+		base = DefaultTestDSN
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin, err := pgxpool.New(ctx, base)
+	if err == nil {
+		err = admin.Ping(ctx)
+	}
+	if err != nil {
+		t.Fatalf("Postgres is not reachable at %s: %v\nstart it with `make postgres` (or set SHARDFLOW_TEST_DATABASE_URL); this suite needs a real database and does not skip", base, err)
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "sf_itdb_" + hex.EncodeToString(b[:])
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	dsn = u.String()
+	pool, err = pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pool.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		admin.Close()
+	})
+	return dsn, pool
+}

@@ -40,6 +40,9 @@ type Options struct {
 	Env []string
 	// SyncAlways runs JetStream with sync_interval: always.
 	SyncAlways bool
+	// OwnDatabase gives the stack a database of its own instead of a schema
+	// (for tests that take the database down).
+	OwnDatabase bool
 }
 
 // FastTopology is a topology with a quick retry schedule, so failure tests
@@ -84,7 +87,11 @@ func New(t testing.TB, opts Options) *Stack {
 		opts.Topology = FastTopology(2)
 	}
 	s := &Stack{T: t, Topo: opts.Topology, opts: opts, storeDir: t.TempDir(), procs: map[string]*Proc{}, ports: map[string]int{}, logDir: t.TempDir()}
-	s.DSN, s.DB = Schema(t)
+	if opts.OwnDatabase {
+		s.DSN, s.DB = Database(t)
+	} else {
+		s.DSN, s.DB = Schema(t)
+	}
 	s.port = FreePort(t)
 	s.StartNATS()
 	t.Cleanup(s.stopAll)
@@ -593,10 +600,13 @@ func (s *Stack) Proc(name string) *Proc {
 
 // StopDatabase makes the test database unavailable, as an outage would:
 // it refuses new connections and terminates the open ones. The returned
-// function brings it back. (The database is shared by the test's schema
-// only; the suites run one test at a time.)
+// function brings it back. Use it with Options.OwnDatabase, so the outage
+// touches no other test.
 func (s *Stack) StopDatabase() (restore func()) {
 	s.T.Helper()
+	if !s.opts.OwnDatabase {
+		s.T.Fatal("StopDatabase needs Options.OwnDatabase")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cfg, err := pgxpool.ParseConfig(s.DSN)

@@ -95,18 +95,22 @@ func (b *breakers) retryIn(dest string) time.Duration {
 }
 
 // allOpen reports whether every destination seen in the last window is
-// open: the receivers are down for everyone.
+// open, and there were at least two: the receivers are down for everyone
+// (the sender's own network, say). One failing destination alone is that
+// destination's problem, whatever else is in flight.
 func (b *breakers) allOpen(window time.Duration) bool {
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	seen := 0
 	for _, br := range b.dest {
 		if now.Sub(br.lastSeen) > window {
 			continue
 		}
+		seen++
 		if br.failures < b.threshold {
 			return false
 		}
 	}
-	return true
+	return seen >= 2
 }

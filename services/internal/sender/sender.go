@@ -178,7 +178,10 @@ func (s *Sender) whileOpen(m *streams.Msg, dest string, err error) streams.Outco
 	if m.Deferrals >= s.cfg.MaxDeferrals {
 		return streams.Retry(fmt.Errorf("deferred %d times: %w", m.Deferrals, err))
 	}
-	return streams.Defer(max(s.br.retryIn(dest), time.Second), "breaker_open")
+	// Back off further each time the same message finds the breaker open,
+	// up to a minute, so a long outage costs few deferrals.
+	d := max(s.br.retryIn(dest), time.Second) << min(m.Deferrals, 6)
+	return streams.Defer(min(d, time.Minute), "breaker_open")
 }
 
 func (s *Sender) post(ctx context.Context, id string, out *schemas.Outbound, u *url.URL, body []byte) (int, streams.Outcome) {
