@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,5 +71,25 @@ func TestPipelineEndToEnd(t *testing.T) {
 	}
 	if n := s.StreamMsgs(streams.StreamName(streams.KindDeadLetter, acct.Shard)); n != 0 {
 		t.Fatalf("%d dead letters", n)
+	}
+}
+
+// TestServicesRefuseToStartOnSizeMismatch: the one size limit is checked at
+// start-up against the server's max_payload and every stream's
+// max_msg_size; a service configured for larger events than the streams
+// carry refuses to start, naming both numbers (failure F2).
+func TestServicesRefuseToStartOnSizeMismatch(t *testing.T) {
+	s := harness.New(t, harness.Options{})
+	for _, name := range []string{"ingest", "processor", "sender"} {
+		p := s.Launch(name, "SHARDFLOW_MAX_EVENT_BYTES=2097152")
+		select {
+		case <-p.Exited():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s started with a size limit the streams cannot carry", name)
+		}
+		log := p.Log()
+		if p.ExitCode() == 0 || !strings.Contains(log, "refuses to start") || !strings.Contains(log, "max_payload is 1048576 bytes") || !strings.Contains(log, "max_msg_size is") {
+			t.Fatalf("%s: exit %d, log does not name both limits:\n%s", name, p.ExitCode(), log)
+		}
 	}
 }
