@@ -11,10 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/alecthomas/kong"
-
 	"github.com/shardflow/shardflow/services/internal/accounts"
-	"github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/services/internal/dlq"
 	"github.com/shardflow/shardflow/services/internal/service"
 	"github.com/shardflow/shardflow/streams"
@@ -38,14 +35,7 @@ type Config struct {
 
 func main() {
 	var cfg Config
-	kong.Parse(&cfg,
-		kong.Name("accounts"),
-		kong.Description("shardflow accounts service: admin API and account-deletion saga."),
-		kong.UsageOnError())
-	if err := run(context.Background(), cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "accounts:", err)
-		os.Exit(1)
-	}
+	service.Main("accounts", "shardflow accounts service: admin API and account-deletion saga.", &cfg, func(ctx context.Context) error { return run(ctx, cfg) })
 }
 
 func run(ctx context.Context, cfg Config) error {
@@ -62,15 +52,10 @@ func run(ctx context.Context, cfg Config) error {
 	}
 	defer env.Close()
 
-	if err := db.Migrate(ctx, cfg.DatabaseURL); err != nil {
-		return err
-	}
-	pool, err := db.Open(ctx, cfg.DatabaseURL)
+	pool, err := env.OpenDatabase(ctx)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	env.Checks.Add("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
 
 	scfg := accounts.Config{
 		Pool: pool, JetStream: env.JS, Topology: env.Topo, AdminToken: cfg.AdminToken,
@@ -100,10 +85,6 @@ func run(ctx context.Context, cfg Config) error {
 		env.Log.Warn("unfinished deletions found at start-up", "deletions", n)
 	}
 
-	health, err := env.ServeHealth()
-	if err != nil {
-		return err
-	}
 	store := dlq.NewStore(pool)
 	replayer, err := dlq.NewReplayer(dlq.ReplayerConfig{Store: store, JetStream: env.JS, Logger: env.Log, TracerProvider: env.Tel.TracerProvider})
 	if err != nil {
@@ -118,10 +99,9 @@ func run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	var g service.Group
-	g.Add("health", health)
 	g.Add("admin", admin)
 	g.Add("deletion-saga", saga)
-	return g.Run(ctx, env.Log, cfg.ShutdownTimeout)
+	return env.Serve(ctx, &g)
 }
 
 // adminHandler serves, on the one admin address, the accounts API and,

@@ -3,12 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
-	"github.com/alecthomas/kong"
-
-	"github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/services/internal/dlq"
 	"github.com/shardflow/shardflow/services/internal/service"
 	"github.com/shardflow/shardflow/streams"
@@ -25,11 +21,7 @@ type config struct {
 
 func main() {
 	var cfg config
-	kong.Parse(&cfg, kong.Name("deadletter"), kong.Description("shardflow dead-letter service: index dead letters, sweep max-delivered messages."))
-	if err := run(context.Background(), cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "deadletter:", err)
-		os.Exit(1)
-	}
+	service.Main("deadletter", "shardflow dead-letter service: index dead letters, sweep max-delivered messages.", &cfg, func(ctx context.Context) error { return run(ctx, cfg) })
 }
 
 // run starts the service and blocks until ctx ends or SIGTERM/SIGINT.
@@ -42,15 +34,10 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer env.Close()
-	if err := db.Migrate(ctx, cfg.DatabaseURL); err != nil {
-		return err
-	}
-	pool, err := db.Open(ctx, cfg.DatabaseURL)
+	pool, err := env.OpenDatabase(ctx)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	env.Checks.Add("postgres", pool.Ping)
 
 	store := dlq.NewStore(pool)
 	indexer, err := dlq.NewIndexer(dlq.IndexerConfig{Store: store, Logger: env.Log})
@@ -73,13 +60,8 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	env.Checks.Add("sweeper", func(context.Context) error { return sweeper.Ready() })
-	health, err := env.ServeHealth()
-	if err != nil {
-		return err
-	}
 	var g service.Group
 	g.Add("indexer", runIndexer)
 	g.Add("sweeper", sweeper.Run)
-	g.Add("health", health)
-	return g.Run(ctx, env.Log, cfg.ShutdownTimeout)
+	return env.Serve(ctx, &g)
 }

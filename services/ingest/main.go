@@ -4,11 +4,8 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/http"
-	"os"
 
-	"github.com/alecthomas/kong"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/shardflow/shardflow/services/internal/ingest"
@@ -25,11 +22,7 @@ type config struct {
 
 func main() {
 	var cfg config
-	kong.Parse(&cfg, kong.Name("ingest"), kong.Description("shardflow HTTP ingest (Segment-compatible tracking API)."))
-	if err := run(context.Background(), cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "ingest:", err)
-		os.Exit(1)
-	}
+	service.Main("ingest", "shardflow HTTP ingest (Segment-compatible tracking API).", &cfg, func(ctx context.Context) error { return run(ctx, cfg) })
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -38,12 +31,11 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer env.Close()
-	dir, err := streams.OpenDirectory(ctx, env.JS, env.Log)
+	dir, err := env.OpenDirectory(ctx)
 	if err != nil {
 		return err
 	}
-	defer dir.Close()
-	pub, err := streams.NewPublisher(streams.PublisherConfig{JetStream: env.JS, Topology: env.Topo, TracerProvider: env.Tel.TracerProvider})
+	pub, err := env.NewPublisher()
 	if err != nil {
 		return err
 	}
@@ -57,12 +49,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	healthSrv, err := env.ServeHealth()
-	if err != nil {
-		return err
-	}
 	var g service.Group
 	g.Add("api", api)
-	g.Add("health", healthSrv)
-	return g.Run(ctx, env.Log, env.Config.ShutdownTimeout)
+	return env.Serve(ctx, &g)
 }

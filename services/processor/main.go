@@ -4,12 +4,7 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
 
-	"github.com/alecthomas/kong"
-
-	"github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/services/internal/processor"
 	"github.com/shardflow/shardflow/services/internal/service"
 	"github.com/shardflow/shardflow/streams"
@@ -24,11 +19,7 @@ type config struct {
 
 func main() {
 	var cfg config
-	kong.Parse(&cfg, kong.Name("processor"), kong.Description("shardflow processor stage (INBOUND_n → OUTBOUND_n)."))
-	if err := run(context.Background(), cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "processor:", err)
-		os.Exit(1)
-	}
+	service.Main("processor", "shardflow processor stage (INBOUND_n → OUTBOUND_n).", &cfg, func(ctx context.Context) error { return run(ctx, cfg) })
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -37,22 +28,20 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer env.Close()
-	if err := db.Migrate(ctx, cfg.DatabaseURL); err != nil {
-		return err
-	}
-	pool, err := db.Open(ctx, cfg.DatabaseURL)
+	pool, err := env.OpenDatabase(ctx)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	dir, err := streams.OpenDirectory(ctx, env.JS, env.Log)
+	dir, err := env.OpenDirectory(ctx)
 	if err != nil {
 		return err
 	}
-	defer dir.Close()
-	pub, err := streams.NewPublisher(streams.PublisherConfig{JetStream: env.JS, Topology: env.Topo, TracerProvider: env.Tel.TracerProvider})
+	pub, err := env.NewPublisher()
 	if err != nil {
 		return err
+	}
+	if cfg.CrashOnEvent != "" {
+		env.Log.Warn("TEST HOOK ACTIVE: the process exits when it handles this event", "event", cfg.CrashOnEvent)
 	}
 	p, err := processor.New(processor.Config{DB: pool, Publisher: pub, CrashOnEvent: cfg.CrashOnEvent, Logger: env.Log})
 	if err != nil {
@@ -64,12 +53,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	healthSrv, err := env.ServeHealth()
-	if err != nil {
-		return err
-	}
 	var g service.Group
 	g.Add("stage", stage)
-	g.Add("health", healthSrv)
-	return g.Run(ctx, env.Log, env.Config.ShutdownTimeout)
+	return env.Serve(ctx, &g)
 }

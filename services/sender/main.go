@@ -4,15 +4,11 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/http"
-	"os"
 	"time"
 
-	"github.com/alecthomas/kong"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
-	"github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/services/internal/sender"
 	"github.com/shardflow/shardflow/services/internal/service"
 	"github.com/shardflow/shardflow/streams"
@@ -30,11 +26,7 @@ type config struct {
 
 func main() {
 	var cfg config
-	kong.Parse(&cfg, kong.Name("sender"), kong.Description("shardflow sender stage (OUTBOUND_n → webhook / e-mail)."))
-	if err := run(context.Background(), cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "sender:", err)
-		os.Exit(1)
-	}
+	service.Main("sender", "shardflow sender stage (OUTBOUND_n → webhook / e-mail).", &cfg, func(ctx context.Context) error { return run(ctx, cfg) })
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -43,25 +35,23 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer env.Close()
-	if err := db.Migrate(ctx, cfg.DatabaseURL); err != nil {
-		return err
-	}
-	pool, err := db.Open(ctx, cfg.DatabaseURL)
+	pool, err := env.OpenDatabase(ctx)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	dir, err := streams.OpenDirectory(ctx, env.JS, env.Log)
+	dir, err := env.OpenDirectory(ctx)
 	if err != nil {
 		return err
 	}
-	defer dir.Close()
 	client := &http.Client{
 		Timeout: cfg.Timeout,
 		Transport: otelhttp.NewTransport(&http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second},
 			otelhttp.WithTracerProvider(env.Tel.TracerProvider), otelhttp.WithMeterProvider(env.Tel.MeterProvider)),
 	}
-	s, err := sender.New(sender.Config{DB: pool, Accounts: dir, Client: client, Timeout: cfg.Timeout, SMTPAddr: cfg.SMTPAddr, BreakerThreshold: cfg.BreakerAfter, BreakerCooldown: cfg.BreakerFor, Logger: env.Log})
+	s, err := sender.New(sender.Config{
+		DB: pool, Accounts: dir, Client: client, Timeout: cfg.Timeout, SMTPAddr: cfg.SMTPAddr,
+		BreakerThreshold: cfg.BreakerAfter, BreakerCooldown: cfg.BreakerFor, Logger: env.Log,
+	})
 	if err != nil {
 		return err
 	}
@@ -71,12 +61,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	healthSrv, err := env.ServeHealth()
-	if err != nil {
-		return err
-	}
 	var g service.Group
 	g.Add("stage", stage)
-	g.Add("health", healthSrv)
-	return g.Run(ctx, env.Log, env.Config.ShutdownTimeout)
+	return env.Serve(ctx, &g)
 }

@@ -84,7 +84,12 @@ type Env struct {
 
 	permViolations metric.Int64Counter
 	healthLn       net.Listener
+	closers        []func()
 }
+
+// onClose registers f to run at Close, before the connection is drained
+// (last registered, first run).
+func (e *Env) onClose(f func()) { e.closers = append(e.closers, f) }
 
 // Start sets up logging, telemetry and the NATS connection, and checks the
 // size limits against the server (refusing to start on a mismatch, naming
@@ -137,8 +142,12 @@ func Start(ctx context.Context, name string, c Common, kinds ...streams.Kind) (*
 	return e, nil
 }
 
-// Close flushes telemetry and closes the connection.
+// Close releases what the service opened (directory, database pool), then
+// drains the connection and flushes telemetry.
 func (e *Env) Close() {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if e.NC != nil {
