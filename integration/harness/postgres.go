@@ -22,22 +22,10 @@ const DefaultTestDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 // schema is dropped when the test ends.
 func Schema(t testing.TB) (dsn string, pool *pgxpool.Pool) {
 	t.Helper()
-	base := os.Getenv("SHARDFLOW_TEST_DATABASE_URL")
-	if base == "" {
-		base = DefaultTestDSN
-	}
+	base, admin := adminPool(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	admin, err := pgxpool.New(ctx, base)
-	if err == nil {
-		err = admin.Ping(ctx)
-	}
-	if err != nil {
-		t.Fatalf("Postgres is not reachable at %s: %v\nstart it with `make postgres` (or set SHARDFLOW_TEST_DATABASE_URL); this suite needs a real database and does not skip", base, err)
-	}
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "sf_it_" + hex.EncodeToString(b[:])
+	schema := "sf_it_" + randomHex()
 	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
 		t.Fatalf("create schema: %v", err)
 	}
@@ -68,22 +56,10 @@ func Schema(t testing.TB) (dsn string, pool *pgxpool.Pool) {
 // is dropped when the test ends.
 func Database(t testing.TB) (dsn string, pool *pgxpool.Pool) {
 	t.Helper()
-	base := os.Getenv("SHARDFLOW_TEST_DATABASE_URL")
-	if base == "" {
-		base = DefaultTestDSN
-	}
+	base, admin := adminPool(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	admin, err := pgxpool.New(ctx, base)
-	if err == nil {
-		err = admin.Ping(ctx)
-	}
-	if err != nil {
-		t.Fatalf("Postgres is not reachable at %s: %v\nstart it with `make postgres` (or set SHARDFLOW_TEST_DATABASE_URL); this suite needs a real database and does not skip", base, err)
-	}
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	name := "sf_itdb_" + hex.EncodeToString(b[:])
+	name := "sf_itdb_" + randomHex()
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
 		t.Fatalf("create database: %v", err)
 	}
@@ -105,4 +81,30 @@ func Database(t testing.TB) (dsn string, pool *pgxpool.Pool) {
 		admin.Close()
 	})
 	return dsn, pool
+}
+
+// adminPool connects to the test server's base database, failing the test
+// with how to start Postgres when it does not answer (never a skip).
+func adminPool(t testing.TB) (base string, admin *pgxpool.Pool) {
+	t.Helper()
+	base = os.Getenv("SHARDFLOW_TEST_DATABASE_URL")
+	if base == "" {
+		base = DefaultTestDSN
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin, err := pgxpool.New(ctx, base)
+	if err == nil {
+		err = admin.Ping(ctx)
+	}
+	if err != nil {
+		t.Fatalf("Postgres is not reachable at %s: %v\nstart it with `make postgres` (or set SHARDFLOW_TEST_DATABASE_URL); this suite needs a real database and does not skip", base, err)
+	}
+	return base, admin
+}
+
+func randomHex() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
