@@ -26,7 +26,7 @@ func main() {
 }
 
 func run(ctx context.Context, cfg config) error {
-	env, err := service.Start(ctx, "ingest", cfg.Common, streams.KindInbound)
+	env, err := service.StartEdge(ctx, "ingest", cfg.Common, streams.KindInbound)
 	if err != nil {
 		return err
 	}

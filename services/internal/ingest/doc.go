@@ -9,7 +9,8 @@
 // Errors name the field or the limit: 400 malformed or invalid (with field
 // errors), 401 missing or unknown write key, 403 suspended account, 410
 // deleted account, 413 over a size limit, 429 over the account's rate (with
-// Retry-After), 503 when JetStream does not acknowledge in time.
+// Retry-After), 503 when JetStream did not acknowledge (retry with the same
+// messageIds: JetStream drops repeats inside its duplicate window).
 //
 // The account is found in the live account directory (a KV watch): no
 // database query per request, and a deletion closes ingress as soon as the

@@ -330,7 +330,10 @@ func (h *Handler) publishFail(w http.ResponseWriter, r *http.Request, err error)
 		h.fail(w, r, 499, "client went away", nil)
 		return
 	}
-	h.fail(w, r, http.StatusServiceUnavailable, "events not stored, retry: "+err.Error(), nil)
+	// Usually nothing was stored; but an acknowledgement lost on its way
+	// back is indistinguishable from a failed publish, so say so: a retry
+	// with the same messageIds is always safe (the duplicate window).
+	h.fail(w, r, http.StatusServiceUnavailable, "events may not have been stored; retry with the same messageIds: "+err.Error(), nil)
 }
 
 // message turns a validated event into the message to store: the messageId

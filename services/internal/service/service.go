@@ -95,6 +95,20 @@ func (e *Env) onClose(f func()) { e.closers = append(e.closers, f) }
 // size limits against the server (refusing to start on a mismatch, naming
 // both numbers). kinds are the stream kinds this service reads or writes.
 func Start(ctx context.Context, name string, c Common, kinds ...streams.Kind) (*Env, error) {
+	return start(ctx, name, c, nil, kinds)
+}
+
+// StartEdge is Start for a service that answers clients synchronously
+// (ingest): while NATS is unreachable its publishes fail at once instead of
+// waiting in the client's reconnect buffer and reaching the server after
+// the client was already told they failed. A refusal then means "not
+// stored" (except for the unavoidable case of an acknowledgement lost on
+// the way back, which the client's retry with the same messageId covers).
+func StartEdge(ctx context.Context, name string, c Common, kinds ...streams.Kind) (*Env, error) {
+	return start(ctx, name, c, []nats.Option{nats.ReconnectBufSize(-1)}, kinds)
+}
+
+func start(ctx context.Context, name string, c Common, natsOpts []nats.Option, kinds []streams.Kind) (*Env, error) {
 	level, err := logging.ParseLevel(c.LogLevel)
 	if err != nil {
 		return nil, err
@@ -116,7 +130,7 @@ func Start(ctx context.Context, name string, c Common, kinds ...streams.Kind) (*
 	e.NC, err = natsconn.Connect(cctx, natsconn.Config{
 		URL: c.NATSURL, Name: name, InboxPrefix: c.NATSInbox,
 		User: c.NATSUser, Password: c.NATSPassword, NKeySeedFile: c.NATSNKeyFile,
-		Logger: log,
+		Logger: log, Options: natsOpts,
 		OnPermissionViolation: func(err error) {
 			e.permViolations.Add(context.Background(), 1, metric.WithAttributes(attribute.String("service", name)))
 		},
