@@ -35,6 +35,7 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/accounts/{id}/restore", s.handleRestore)
 	mux.HandleFunc("PUT /v1/accounts/{id}/triggers/{name}", s.handlePutTrigger)
 	mux.HandleFunc("GET /v1/accounts/{id}/triggers", s.handleListTriggers)
+	mux.HandleFunc("GET /v1/status", s.handleStatus)
 	return s.logRequests(s.authenticate(jsonFallback(mux)))
 }
 
