@@ -22,6 +22,9 @@
 // --watch, between refreshes): processed/s is the advance of each consumer's
 // ack floor (consumer sequence), and the drain ETA is its pending work
 // (num_pending + num_ack_pending) divided by that rate, "idle" when nothing
-// is pending and "∞" when nothing advances. The sampling is in collect and
-// withRates (status.go), so the local stack can reuse them.
+// is pending and "∞" when nothing advances. Dead letters by reason come from
+// Postgres (--db) and drops by reason from the stages' /metrics
+// (--metrics-url); a source not given shows as null, never as 0. The
+// collection lives in services/internal/status, which the admin API's
+// GET /v1/status serves too.
 package main

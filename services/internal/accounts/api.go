@@ -25,6 +25,7 @@ const MaxBodyBytes = 64 << 10
 //	POST   /v1/accounts/{id}/restore             → 200 Account
 //	PUT    /v1/accounts/{id}/triggers/{name}     {"event", "channel", "url"} → 200 Trigger
 //	GET    /v1/accounts/{id}/triggers            → 200 Triggers
+//	GET    /v1/status?sample=1s                  → 200 per-shard status (pending, rates, drain ETA)
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/accounts", s.handleCreate)
