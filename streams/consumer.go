@@ -153,6 +153,13 @@ type Consumer struct {
 
 	slots   []slot
 	lastErr atomic.Pointer[error]
+
+	// queued holds the messages fetched and waiting for a handler
+	// goroutine, with when they were fetched: keepAlive covers them too, or
+	// their ack wait would run out in the queue (behind slow or held
+	// handlers) and the server would redeliver them, using up attempts.
+	queuedMu sync.Mutex
+	queued   map[*Msg]time.Time
 }
 
 type slot struct {
@@ -196,6 +203,7 @@ func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 		tracer:     tracerFrom(cfg.TracerProvider),
 		freed:      make(chan struct{}, 1),
 		firstFail:  map[uint64]time.Time{},
+		queued:     map[*Msg]time.Time{},
 	}
 	if c.maxDeliver <= 0 {
 		return nil, fmt.Errorf("streams: consumer %s/%s has unlimited MaxDeliver; re-provision", stream, spec.Name)
@@ -325,6 +333,9 @@ func (c *Consumer) fetchLoop(ctx context.Context, work chan<- *Msg) {
 			b := c.inFlightBytes.Add(int64(m.size))
 			storeMax(&c.peak, n)
 			storeMax(&c.peakBytes, b)
+			c.queuedMu.Lock()
+			c.queued[m] = time.Now()
+			c.queuedMu.Unlock()
 			work <- m
 		}
 		cancel()
@@ -405,24 +416,36 @@ func (c *Consumer) wrap(raw jetstream.Msg) *Msg {
 	return m
 }
 
-// keepAlive sends in-progress for every message whose handler has run for a
-// third of the ack wait, so a slow handler or a held message is not
+// keepAlive sends in-progress for every message whose handler has run, or
+// which has waited in the queue for a handler, for a third of the ack wait,
+// so a slow handler, a held message or a message queued behind them is not
 // redelivered behind its back.
 func (c *Consumer) keepAlive(ctx context.Context, done chan<- struct{}) {
 	defer close(done)
 	every := max(c.backoff[0]/3, 10*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	stopping := ctx.Done()
 	for {
 		select {
-		case <-ctx.Done():
-			// Keep held and running messages alive through the stop too.
+		case <-stopping:
+			// Keep held and running messages alive through the stop too,
+			// waking on the ticker only from now on (a done context is
+			// always ready: selecting on it again would spin).
+			stopping = nil
 			if c.inFlight.Load() == 0 {
 				return
 			}
 		case <-t.C:
 		}
 		now := time.Now()
+		c.queuedMu.Lock()
+		for m, since := range c.queued {
+			if now.Sub(since) >= every {
+				_ = m.raw.InProgress()
+			}
+		}
+		c.queuedMu.Unlock()
 		for i := range c.slots {
 			s := &c.slots[i]
 			s.mu.Lock()
@@ -442,6 +465,9 @@ func (c *Consumer) handle(ctx context.Context, s *slot, m *Msg) {
 	s.mu.Lock()
 	s.msg, s.since = m.raw, time.Now()
 	s.mu.Unlock()
+	c.queuedMu.Lock()
+	delete(c.queued, m)
+	c.queuedMu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		s.msg = nil
