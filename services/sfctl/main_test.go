@@ -391,3 +391,16 @@ func decode(t *testing.T, out string, v any) {
 		t.Fatalf("decode %s: %v", out, err)
 	}
 }
+
+func TestProvisionDeclaresATeamConsumerAndRefusesAWorkQueueOne(t *testing.T) {
+	srv := natsembed.Test(t)
+	global := []string{"--nats-url", srv.ClientURL(), "--shards", "2", "--timeout", "10s"}
+	out := mustSfctl(t, append(global, "provision", "--consumer", "auditsink:accounts")...)
+	if !strings.Contains(out, "created   ACCOUNTS_1/auditsink") {
+		t.Fatalf("team consumer not declared:\n%s", out)
+	}
+	code, out, errOut := sfctl(t, append(global, "provision", "--consumer", "thief:inbound")...)
+	if code == 0 || !strings.Contains(out+errOut, "work-queue stream") {
+		t.Fatalf("a consumer on a work-queue stream was accepted: exit %d\n%s%s", code, out, errOut)
+	}
+}

@@ -11,7 +11,8 @@ import (
 
 // ProvisionCmd is `sfctl provision`.
 type ProvisionCmd struct {
-	DryRun bool `name:"dry-run" help:"Change nothing; report what differs (exit status 1 if anything does)."`
+	DryRun    bool     `name:"dry-run" help:"Change nothing; report what differs (exit status 1 if anything does)."`
+	Consumers []string `name:"consumer" env:"SHARDFLOW_EXTRA_CONSUMERS" sep:"," help:"Also declare a team's consumer, name:kind[:max_deliver=N...] (repeatable; kinds accounts or deadletter only)."`
 }
 
 // provisionJSON is the --json form of a provisioning report.
@@ -34,6 +35,17 @@ type changeJSON struct {
 func (c *ProvisionCmd) Run(a *app) error {
 	ctx := a.ctx
 	topo := a.cli.Topology()
+	for _, decl := range c.Consumers {
+		spec, err := streams.ParseConsumerSpec(decl)
+		if err != nil {
+			return err
+		}
+		if !streams.SharedKind(spec.Kind) {
+			return fmt.Errorf("provision: consumer %q reads %s, a work-queue stream that belongs to its stage; a team's consumer reads accounts or deadletter", spec.Name, spec.Kind)
+		}
+		topo.Consumers = append(topo.Consumers, spec)
+	}
+	topo = topo.WithDefaults()
 	if err := topo.Validate(); err != nil {
 		return err
 	}
