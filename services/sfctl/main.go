@@ -34,6 +34,7 @@ type CLI struct {
 	Status    StatusCmd    `cmd:"" help:"Per shard: stream sizes, consumer backlogs, processing rates and drain ETAs."`
 	Accounts  AccountsCmd  `cmd:"" help:"Manage accounts through the admin API."`
 	DLQ       DLQCmd       `cmd:"" name:"dlq" help:"Inspect, replay and drop dead letters through the admin API."`
+	NATSConf  NATSConfCmd  `cmd:"" name:"nats-config" help:"Generate the NATS cluster configuration: configs, least-privilege NKey users, TLS certificates, Helm values."`
 }
 
 // app is what every command's Run receives.
