@@ -137,6 +137,7 @@ func (a *app) connect(ctx context.Context) (*nats.Conn, jetstream.JetStream, err
 	nc, err := natsconn.Connect(cctx, natsconn.Config{
 		URL: c.NATSURL, Name: "sfctl", InboxPrefix: c.NATSInbox,
 		User: c.NATSUser, Password: c.NATSPassword, NKeySeedFile: c.NATSNKeyFile,
+		TLSCAFile: c.NATSTLSCA, TLSCertFile: c.NATSTLSCert, TLSKeyFile: c.NATSTLSKey,
 		// Warn and below are connection events (our own Close logs a
 		// disconnect, asynchronously): noise for a CLI.
 		Logger: slog.New(slog.NewTextHandler(a.errOut, &slog.HandlerOptions{Level: slog.LevelError})),

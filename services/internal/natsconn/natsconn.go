@@ -33,6 +33,11 @@ type Config struct {
 	NKeySeedFile string
 	// CredsFile authenticates with this JWT + seed credentials file.
 	CredsFile string
+	// TLSCAFile verifies the server's certificate against this CA (PEM).
+	TLSCAFile string
+	// TLSCertFile and TLSKeyFile are the client certificate and key (PEM)
+	// for servers that require one (tls { verify: true }).
+	TLSCertFile, TLSKeyFile string
 	// ReconnectWait is the pause between reconnect attempts to one server.
 	// Default: 250ms.
 	ReconnectWait time.Duration
@@ -118,6 +123,15 @@ func Connect(ctx context.Context, cfg Config) (*nats.Conn, error) {
 	}
 	if auth != nil {
 		opts = append(opts, auth)
+	}
+	if cfg.TLSCAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCAFile))
+	}
+	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+		return nil, fmt.Errorf("natsconn: connect to %s: a client certificate needs both the certificate and the key file", shownURL)
+	}
+	if cfg.TLSCertFile != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLSCertFile, cfg.TLSKeyFile))
 	}
 	opts = append(opts, cfg.Options...)
 

@@ -35,6 +35,9 @@ type Common struct {
 	NATSPassword    string        `name:"nats-password" env:"SHARDFLOW_NATS_PASSWORD" help:"NATS password."`
 	NATSNKeyFile    string        `name:"nats-nkey" env:"SHARDFLOW_NATS_NKEY_FILE" help:"File holding this service's NKey seed."`
 	NATSInbox       string        `name:"nats-inbox" env:"SHARDFLOW_NATS_INBOX_PREFIX" help:"Custom inbox prefix (least-privilege setups)."`
+	NATSTLSCA       string        `name:"nats-tls-ca" env:"SHARDFLOW_NATS_TLS_CA" help:"CA certificate (PEM) that signed the NATS servers' certificates."`
+	NATSTLSCert     string        `name:"nats-tls-cert" env:"SHARDFLOW_NATS_TLS_CERT" help:"Client certificate (PEM) for servers that verify clients."`
+	NATSTLSKey      string        `name:"nats-tls-key" env:"SHARDFLOW_NATS_TLS_KEY" help:"Client key (PEM) for --nats-tls-cert."`
 	DatabaseURL     string        `name:"database-url" env:"SHARDFLOW_DATABASE_URL" default:"postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable" help:"PostgreSQL DSN."`
 	Shards          int           `name:"shards" env:"SHARDFLOW_SHARDS" default:"4" help:"Number of shards in the topology."`
 	ConsumeShards   string        `name:"consume-shards" env:"SHARDFLOW_CONSUME_SHARDS" help:"Shards this instance consumes, e.g. 0,2 (default: all)."`
@@ -130,6 +133,7 @@ func start(ctx context.Context, name string, c Common, natsOpts []nats.Option, k
 	e.NC, err = natsconn.Connect(cctx, natsconn.Config{
 		URL: c.NATSURL, Name: name, InboxPrefix: c.NATSInbox,
 		User: c.NATSUser, Password: c.NATSPassword, NKeySeedFile: c.NATSNKeyFile,
+		TLSCAFile: c.NATSTLSCA, TLSCertFile: c.NATSTLSCert, TLSKeyFile: c.NATSTLSKey,
 		Logger: log, Options: natsOpts,
 		OnPermissionViolation: func(err error) {
 			e.permViolations.Add(context.Background(), 1, metric.WithAttributes(attribute.String("service", name)))
