@@ -45,7 +45,13 @@ func NewReceiver(t testing.TB, secret func(string) string) *Receiver {
 func (r *Receiver) URL() string { return r.srv.URL + "/hook" }
 
 func (r *Receiver) handle(w http.ResponseWriter, req *http.Request) {
-	body, _ := io.ReadAll(req.Body)
+	body, err := io.ReadAll(req.Body)
+	if err != nil {
+		// A sender killed mid-request leaves a truncated body: a real
+		// receiver refuses it, and so does this one (it is sent again).
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
 	var out schemas.Outbound
 	_ = json.Unmarshal(body, &out)
 	code := 200

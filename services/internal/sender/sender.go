@@ -87,7 +87,7 @@ func New(cfg Config) (*Sender, error) {
 	cfg.SMTPFrom = cmp.Or(cfg.SMTPFrom, "shardflow@localhost")
 	cfg.BreakerThreshold = cmp.Or(cfg.BreakerThreshold, 5)
 	cfg.BreakerCooldown = cmp.Or(cfg.BreakerCooldown, 5*time.Second)
-	cfg.MaxDeferrals = cmp.Or(cfg.MaxDeferrals, 30)
+	cfg.MaxDeferrals = cmp.Or(cfg.MaxDeferrals, 100)
 	return &Sender{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default()), br: newBreakers(cfg.BreakerThreshold, cfg.BreakerCooldown)}, nil
 }
 
@@ -179,9 +179,10 @@ func (s *Sender) whileOpen(m *streams.Msg, dest string, err error) streams.Outco
 		return streams.Retry(fmt.Errorf("deferred %d times: %w", m.Deferrals, err))
 	}
 	// Back off further each time the same message finds the breaker open,
-	// up to a minute, so a long outage costs few deferrals.
-	d := max(s.br.retryIn(dest), time.Second) << min(m.Deferrals, 6)
-	return streams.Defer(min(d, time.Minute), "breaker_open")
+	// up to 16 cooldowns, so a long outage costs few deferrals and a
+	// recovered receiver gets its backlog back within a bounded time.
+	d := max(s.br.retryIn(dest), time.Second) << min(m.Deferrals, 4)
+	return streams.Defer(min(d, 16*max(s.cfg.BreakerCooldown, time.Second)), "breaker_open")
 }
 
 func (s *Sender) post(ctx context.Context, id string, out *schemas.Outbound, u *url.URL, body []byte) (int, streams.Outcome) {
