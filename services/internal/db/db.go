@@ -44,6 +44,9 @@ func Migrations() fs.FS {
 	return sub
 }
 
+// DefaultMaxConns is the pool size when the DSN sets no pool_max_conns.
+const DefaultMaxConns = 32
+
 // Open opens a connection pool for dsn and checks that the database answers.
 // If it does not, the error names the host and port and says how to start a
 // local Postgres.
@@ -51,6 +54,12 @@ func Open(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("db open: parse DSN: %w", err)
+	}
+	// pgxpool's default is max(4, cores) connections: on a small machine
+	// that, not Postgres, bounds a stage running dozens of handlers (each
+	// delivery commits twice). The DSN's pool_max_conns still wins.
+	if !strings.Contains(dsn, "pool_max_conns") {
+		cfg.MaxConns = DefaultMaxConns
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
