@@ -103,9 +103,11 @@ type ConsumerConfig struct {
 	// parked (a copy kept under <kind>.<shard>.<account>.held.<type>, released
 	// on restore) and dropped with reason account_suspended.
 	Gate AccountGate
-	// FetchWait is how long one pull request waits for messages. Short, so a
-	// consumer never sits idle long after a purge or a resume (a JetStream
-	// quirk). Default 1s.
+	// FetchWait is how long one pull request waits for messages. Short: a
+	// pull consumer that was at MaxAckPending when a filtered purge (an
+	// account deletion) freed its slots is not woken by the server and sits
+	// idle until its next pull request (a JetStream quirk), so this bounds
+	// that stall for the other accounts of the shard. Default 250ms.
 	FetchWait time.Duration
 	// ProbeInterval is how often a held message is retried while its
 	// handler reports Unavailable. Default 1s.
@@ -217,7 +219,7 @@ func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 		return nil, fmt.Errorf("streams: MaxInFlightBytes %d cannot hold one message of %d bytes", c.cfg.MaxInFlightBytes, c.maxMsg)
 	}
 	c.cfg.Concurrency = cmp.Or(cfg.Concurrency, min(c.cfg.MaxInFlight, 64))
-	c.cfg.FetchWait = cmp.Or(cfg.FetchWait, time.Second)
+	c.cfg.FetchWait = cmp.Or(cfg.FetchWait, 250*time.Millisecond)
 	c.cfg.ProbeInterval = cmp.Or(cfg.ProbeInterval, time.Second)
 	c.cfg.StopTimeout = cmp.Or(cfg.StopTimeout, 10*time.Second)
 	c.slots = make([]slot, c.cfg.Concurrency)

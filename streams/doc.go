@@ -151,7 +151,7 @@
 //     compensates for JetStream adding BackOff[i]-BackOff[0] to it.
 //   - After a filtered purge or a consumer resume, a pull consumer that was
 //     at MaxAckPending can sit idle until its next pull heartbeat (15 s by
-//     default): the runtime's pull requests last FetchWait (1 s), so the
+//     default): the runtime's pull requests last FetchWait (250 ms), so the
 //     stall is at most that.
 //   - A message that reached MaxDeliver without an outcome stays in a
 //     work-queue stream for ever, and the max-deliveries advisory (stream and
