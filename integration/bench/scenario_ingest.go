@@ -1,0 +1,286 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/shardflow/shardflow/streams"
+)
+
+const ingestClients = 8
+
+// inboundMsg is an event as a raw publisher would store it: the client's
+// JSON on the account's inbound subject, with the id and generation
+// headers ingest sets.
+func inboundMsg(a Account, subjectType string, id string, data []byte) *nats.Msg {
+	m := nats.NewMsg(fmt.Sprintf("inbound.%d.%s.%s", a.Shard, a.ID, subjectType))
+	m.Data = data
+	m.Header.Set(jetstream.MsgIDHeader, streams.MessageID(a.ID, a.Generation, id))
+	m.Header.Set(streams.HeaderGeneration, strconv.FormatInt(a.Generation, 10))
+	return m
+}
+
+func purge(ctx context.Context, n *NATS, stream string) error {
+	st, err := n.JS.Stream(ctx, stream)
+	if err != nil {
+		return err
+	}
+	return st.Purge(ctx)
+}
+
+// atomicBatches publishes count messages as atomic batches of size from
+// publishers goroutines; it returns msgs/s.
+func atomicBatches(ctx context.Context, n *NATS, count, size, publishers int, msg func(i int) *nats.Msg) (float64, error) {
+	nc, js, err := n.Connect("bench-batch-publisher")
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	var next atomic.Int64
+	var firstErr error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range publishers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				b := int(next.Add(1) - 1)
+				if b*size >= count {
+					return
+				}
+				var ms []*nats.Msg
+				for i := b * size; i < min((b+1)*size, count); i++ {
+					ms = append(ms, msg(i))
+				}
+				if _, err := jetstreamext.PublishMsgBatch(ctx, js, ms); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	return float64(count) / time.Since(start).Seconds(), nil
+}
+
+// perRequestAsync publishes count messages from pubs goroutines, each
+// taking size at a time: async publish of each, then wait for all their
+// acks (what one ingest request would do without atomic batches). It
+// returns msgs/s.
+func perRequestAsync(ctx context.Context, n *NATS, count, size, pubs int, msg func(i int) *nats.Msg) (float64, error) {
+	nc, js, err := n.Connect("bench-request-publisher")
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	var firstErr error
+	var mu sync.Mutex
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				b := int(next.Add(1) - 1)
+				if b*size >= count {
+					return
+				}
+				var fs []jetstream.PubAckFuture
+				for i := b * size; i < min((b+1)*size, count); i++ {
+					f, err := js.PublishMsgAsync(msg(i))
+					if err != nil {
+						fail(err)
+						return
+					}
+					fs = append(fs, f)
+				}
+				for _, f := range fs {
+					select {
+					case <-f.Ok():
+					case err := <-f.Err():
+						fail(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	return float64(count) / time.Since(t0).Seconds(), nil
+}
+
+func runIngest(ctx context.Context, s *Suite, sc *Scenario) error {
+	events := s.size(100_000, 2000)
+	const per = 100
+	const (
+		fRaw   = "raw async publish (1 publisher, window 1000)"
+		fBatch = "raw atomic batches of 100 (8 publishers)"
+		fB1000 = "raw atomic batches of 1000 (8 publishers)"
+		fPerRq = "raw async per request of 100, wait for its acks (8 publishers)"
+		fIng   = "ingest /v1/batch"
+		fP50   = "ingest request latency p50"
+		fP99   = "ingest request latency p99"
+		fCPU   = "ingest process CPU per event"
+	)
+	sc.Declare(fRaw, "events/s", "", nil)
+	sc.Declare(fBatch, "events/s", fRaw, nil)
+	sc.Declare(fB1000, "events/s", fRaw, nil)
+	sc.Declare(fPerRq, "events/s", fRaw, nil)
+	sc.Declare(fIng, "events/s", fRaw, RatioAtLeast(0.40))
+	sc.Declare(fP50, "ms", "", nil)
+	sc.Declare(fP99, "ms", "", nil)
+	sc.Declare(fCPU, "µs", "", nil)
+	sc.Set("%d events of about 1 KiB per measurement (%d requests of %d events), %d concurrent keep-alive HTTP clients in the bench process, one account (rate limit 1,000,000/s); services: accounts and ingest as processes (log level info, telemetry as shipped)", events, events/per, per, ingestClients)
+	sc.Set("raw baselines publish the same event JSON to the same INBOUND stream with the same Nats-Msg-Id and generation headers; INBOUND is purged between measurements; order rotates per run")
+
+	st, err := NewStack(ctx, StackOptions{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if _, err := st.Start(ctx, "accounts"); err != nil {
+		return err
+	}
+	ing, err := st.Start(ctx, "ingest")
+	if err != nil {
+		return err
+	}
+	a, err := st.CreateAccount(ctx, "ingest-a")
+	if err != nil {
+		return err
+	}
+	if err := st.WaitDirectory(ctx, a.ID); err != nil {
+		return err
+	}
+	stream := streams.StreamName(streams.KindInbound, a.Shard)
+	client := NewClient(st.IngestURL(), a.WriteKey, ingestClients)
+	defer client.Close()
+
+	type step struct {
+		name string
+		run  func(r int) error
+	}
+	steps := []step{
+		{fRaw, func(r int) error {
+			prefix := fmt.Sprintf("raw%d", r)
+			rate, err := asyncPublish(ctx, st.NATS, events, func(i int) *nats.Msg {
+				return inboundMsg(a, "track", prefix+"-"+itoa(i), EventJSON("Bench", prefix, i, 0))
+			})
+			if err == nil {
+				sc.Add(fRaw, r, rate)
+			}
+			return err
+		}},
+		{fBatch, func(r int) error {
+			prefix := fmt.Sprintf("atomic%d", r)
+			rate, err := atomicBatches(ctx, st.NATS, events, per, ingestClients, func(i int) *nats.Msg {
+				return inboundMsg(a, "track", prefix+"-"+itoa(i), EventJSON("Bench", prefix, i, 0))
+			})
+			if err == nil {
+				sc.Add(fBatch, r, rate)
+			}
+			return err
+		}},
+		{fB1000, func(r int) error {
+			prefix := fmt.Sprintf("atomick%d", r)
+			rate, err := atomicBatches(ctx, st.NATS, events, 1000, ingestClients, func(i int) *nats.Msg {
+				return inboundMsg(a, "track", prefix+"-"+itoa(i), EventJSON("Bench", prefix, i, 0))
+			})
+			if err == nil {
+				sc.Add(fB1000, r, rate)
+			}
+			return err
+		}},
+		{fPerRq, func(r int) error {
+			prefix := fmt.Sprintf("perreq%d", r)
+			rate, err := perRequestAsync(ctx, st.NATS, events, per, ingestClients, func(i int) *nats.Msg {
+				return inboundMsg(a, "track", prefix+"-"+itoa(i), EventJSON("Bench", prefix, i, 0))
+			})
+			if err == nil {
+				sc.Add(fPerRq, r, rate)
+			}
+			return err
+		}},
+		{fIng, func(r int) error {
+			prefix := fmt.Sprintf("ing%d", r)
+			cpu0, _ := ing.CPU()
+			res := ClosedLoop(ctx, client, ingestClients, events/per, func(i int) []byte {
+				return BatchBody(per, func(j int) []byte { return EventJSON("Bench", prefix, j, 0) }, i*per)
+			})
+			cpu1, _ := ing.CPU()
+			if res.Failed > 0 {
+				return fmt.Errorf("%d of %d requests failed (first: %s)", res.Failed, res.Requests, res.FirstErr)
+			}
+			sc.Add(fIng, r, float64(events)/res.Elapsed.Seconds())
+			sc.Add(fP50, r, Ms(Percentile(res.Latencies, 50)))
+			sc.Add(fP99, r, Ms(Percentile(res.Latencies, 99)))
+			sc.Add(fCPU, r, float64((cpu1-cpu0).Microseconds())/float64(events))
+			if r == 0 {
+				if size, err := firstMsgSize(ctx, st.NATS, stream); err == nil {
+					sc.Set("an event as ingest stores it: %d bytes of payload plus headers", size)
+				}
+			}
+			return nil
+		}},
+	}
+	for r := range s.Cfg.Runs {
+		for _, stp := range rotate(steps, r) {
+			if err := stp.run(r); err != nil {
+				return fmt.Errorf("%s, run %d: %w", stp.name, r+1, err)
+			}
+			if m, _ := st.Msgs(ctx, stream); int(m) != events {
+				return fmt.Errorf("%s, run %d: %s holds %d messages, want %d", stp.name, r+1, stream, m, events)
+			}
+			if err := purge(ctx, st.NATS, stream); err != nil {
+				return err
+			}
+			s.Logf("   run %d %s done", r+1, stp.name)
+		}
+	}
+	return nil
+}
+
+func firstMsgSize(ctx context.Context, n *NATS, stream string) (int, error) {
+	st, err := n.JS.Stream(ctx, stream)
+	if err != nil {
+		return 0, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	m, err := st.GetMsg(ctx, info.State.FirstSeq)
+	if err != nil {
+		return 0, err
+	}
+	return streams.MsgSize(&nats.Msg{Data: m.Data, Header: m.Header}), nil
+}

@@ -1,0 +1,147 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/shardflow/shardflow/streams"
+)
+
+// throughput sends n events (batches of 100, 4 clients, closed loop) for
+// account and returns deliveries/s from the first request to the last
+// delivery. prefix must be new to the account (ids are deduplicated).
+func throughput(ctx context.Context, p *pipeline, c *Client, account, prefix string, n int) (float64, error) {
+	base := p.sink.Count(account)
+	t0 := time.Now()
+	res := ClosedLoop(ctx, c, 4, n/100, func(i int) []byte {
+		now := time.Now().UnixNano()
+		return BatchBody(100, func(j int) []byte { return EventJSON("Bench", prefix, j, now) }, i*100)
+	})
+	if res.Failed > 0 {
+		return 0, fmt.Errorf("%d of %d requests failed (first: %s)", res.Failed, res.Requests, res.FirstErr)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if err := p.sink.WaitCount(wctx, account, base+n); err != nil {
+		return 0, err
+	}
+	_, last := p.sink.Window(account)
+	return float64(n) / last.Sub(t0).Seconds(), nil
+}
+
+func runIsolation(ctx context.Context, s *Suite, sc *Scenario) error {
+	n, flood, hung := s.size(10_000, 500), s.size(30_000, 1000), s.size(2000, 200)
+	const (
+		fSolo  = "healthy shard alone"
+		fFlood = "healthy shard while the other shard is flooded with poison"
+		fASolo = "account alone"
+		fAHang = "account while another account's receiver hangs (same shard)"
+	)
+	sc.Declare(fSolo, "events/s", "", nil)
+	sc.Declare(fFlood, "events/s", fSolo, RatioAtLeast(0.90))
+	sc.Declare(fASolo, "events/s", "", nil)
+	sc.Declare(fAHang, "events/s", fASolo, RatioAtLeast(0.80))
+	sc.Set("a fresh stack per run: accounts, ingest, processor, sender, deadletter as processes, SHARDFLOW_WEBHOOK_TIMEOUT=1s for the sender (other settings default: breaker after 5 failures, 5 s cool-down); one processor and one sender process serve both shards, as in the default deployment")
+	sc.Set("throughput: %d track events (batches of 100, 4 clients, closed loop) from the first request to the last webhook", n)
+	sc.Set("shard isolation: %d poison events (identify, traits holding \\u0000: jsonb refuses them, the processor dead-letters each at once, the deadletter service indexes them) sent to shard 0 from 2 clients, starting just before and running alongside the healthy account's events on shard 1", flood)
+	sc.Set("account isolation: %d events of an account whose webhook receiver hangs (the sink holds the request until the sender's 1 s timeout) are sent first, then the measured account's events on the same shard", hung)
+	for r := range s.Cfg.Runs {
+		if err := isolationOnce(ctx, s, sc, r, n, flood, hung); err != nil {
+			return fmt.Errorf("run %d: %w", r+1, err)
+		}
+	}
+	return nil
+}
+
+func isolationOnce(ctx context.Context, s *Suite, sc *Scenario, r, n, flood, hung int) error {
+	p, err := startPipeline(ctx, StackOptions{Env: []string{"SHARDFLOW_WEBHOOK_TIMEOUT=1s"}}, "accounts", "ingest", "processor", "sender", "deadletter")
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	shards := p.st.Topo.Shards
+	bad, err := p.addAccount(ctx, IDsOnShard(fmt.Sprintf("poison%d", r), 1, 0, shards)[0], false)
+	if err != nil {
+		return err
+	}
+	good, err := p.addAccount(ctx, IDsOnShard(fmt.Sprintf("healthy%d", r), 1, 1, shards)[0], true)
+	if err != nil {
+		return err
+	}
+	gc := NewClient(p.st.IngestURL(), good.WriteKey, 8)
+	defer gc.Close()
+	bc := NewClient(p.st.IngestURL(), bad.WriteKey, 4)
+	defer bc.Close()
+
+	solo, err := throughput(ctx, p, gc, good.ID, "solo", n)
+	if err != nil {
+		return fmt.Errorf("healthy alone: %w", err)
+	}
+	// Poison flood on shard 0 alongside.
+	floodDone := make(chan LoadResult, 1)
+	go func() {
+		floodDone <- ClosedLoop(ctx, bc, 2, flood/100, func(i int) []byte {
+			return BatchBody(100, func(j int) []byte { return PoisonJSON("p", j) }, i*100)
+		})
+	}()
+	time.Sleep(s.sizeD(500*time.Millisecond, 100*time.Millisecond))
+	in0 := streams.StreamName(streams.KindInbound, 0)
+	poisonAtStart, _ := p.st.Msgs(ctx, in0)
+	flooded, err := throughput(ctx, p, gc, good.ID, "flood", n)
+	poisonLeft, _ := p.st.Msgs(ctx, in0)
+	fr := <-floodDone
+	if err != nil {
+		return fmt.Errorf("healthy during the flood: %w", err)
+	}
+	if fr.Failed > 0 {
+		return fmt.Errorf("poison flood: %d requests failed (first: %s)", fr.Failed, fr.FirstErr)
+	}
+	sc.Add("healthy shard alone", r, solo)
+	sc.Add("healthy shard while the other shard is flooded with poison", r, flooded)
+	if poisonLeft == 0 {
+		sc.Note("run %d: the poison backlog of shard 0 was gone before the healthy account's events were all delivered (it held %d when they started): the flood did not last the whole measurement; raise its size", r+1, poisonAtStart)
+	}
+	s.Logf("   run %d: healthy shard %s/s alone, %s/s flooded (poison waiting: %d at start, %d at end)", r+1, fmtNum(solo), fmtNum(flooded), poisonAtStart, poisonLeft)
+	// Let the flood finish before the next part.
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	_, err = p.st.WaitMsgs(wctx, in0, 100*time.Millisecond, func(m uint64) bool { return m == 0 })
+	cancel()
+	if err != nil {
+		return fmt.Errorf("poison flood did not drain: %w", err)
+	}
+
+	// Account isolation inside a shard.
+	ids := IDsOnShard(fmt.Sprintf("acct%d", r), 2, 1, shards)
+	slow, err := p.addAccount(ctx, ids[0], true)
+	if err != nil {
+		return err
+	}
+	fast, err := p.addAccount(ctx, ids[1], true)
+	if err != nil {
+		return err
+	}
+	p.sink.Hang(slow.ID, true)
+	fc := NewClient(p.st.IngestURL(), fast.WriteKey, 8)
+	defer fc.Close()
+	sc2 := NewClient(p.st.IngestURL(), slow.WriteKey, 4)
+	defer sc2.Close()
+	alone, err := throughput(ctx, p, fc, fast.ID, "alone", n)
+	if err != nil {
+		return fmt.Errorf("account alone: %w", err)
+	}
+	hr := ClosedLoop(ctx, sc2, 2, hung/100, func(i int) []byte {
+		return BatchBody(100, func(j int) []byte { return EventJSON("Bench", "hang", j, 0) }, i*100)
+	})
+	if hr.Failed > 0 {
+		return fmt.Errorf("hanging account: %d requests failed (first: %s)", hr.Failed, hr.FirstErr)
+	}
+	beside, err := throughput(ctx, p, fc, fast.ID, "beside", n)
+	if err != nil {
+		return fmt.Errorf("account beside a hanging receiver: %w", err)
+	}
+	sc.Add("account alone", r, alone)
+	sc.Add("account while another account's receiver hangs (same shard)", r, beside)
+	s.Logf("   run %d: account %s/s alone, %s/s beside a hanging receiver", r+1, fmtNum(alone), fmtNum(beside))
+	return nil
+}
