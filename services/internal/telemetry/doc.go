@@ -7,12 +7,13 @@
 // OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set;
 // the exporter reads the rest of the standard OTEL_EXPORTER_OTLP_* variables
 // itself (headers, timeout, an http:// endpoint meaning no TLS, ...). Without
-// an endpoint spans are still created, sampled and propagated, so trace ids
-// show up in logs and message headers; they are just not sent anywhere.
+// an endpoint (and no OTEL_TRACES_SAMPLER) spans are not recorded — they would
+// be built and discarded on every message — but trace and span ids are still
+// made and propagated, so they show up in logs and message headers.
 //
-// The sampler is not passed to the SDK, so the SDK chooses it from the
-// standard OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG variables
-// (always_on, always_off, traceidratio, parentbased_always_on,
+// With an endpoint, the sampler is not passed to the SDK, so the SDK chooses
+// it from the standard OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG
+// variables (always_on, always_off, traceidratio, parentbased_always_on,
 // parentbased_always_off, parentbased_traceidratio); when they are unset it
 // uses parentbased_always_on. This was checked against the SDK's source
 // (sdk/trace NewTracerProvider applies samplerFromEnv before the options and

@@ -210,10 +210,15 @@ func TestGlobalsAndDefaultSampler(t *testing.T) {
 		t.Errorf("global propagator fields = %v, want traceparent and baggage", fields)
 	}
 
+	// No exporter configured: spans are not recorded (nothing would take
+	// them), but ids are still made and propagated for logs and envelopes.
 	ctx, span := otel.Tracer("test").Start(t.Context(), "op")
 	defer span.End()
-	if !span.SpanContext().IsSampled() {
-		t.Error("default sampler (parentbased_always_on) did not sample a root span")
+	if span.SpanContext().IsSampled() || span.IsRecording() {
+		t.Error("without an exporter a root span was sampled and recorded")
+	}
+	if !span.SpanContext().TraceID().IsValid() {
+		t.Error("without an exporter the span has no trace id (log lines need it)")
 	}
 	carrier := propagation.MapCarrier{}
 	otel.GetTextMapPropagator().Inject(ctx, carrier)
