@@ -475,6 +475,12 @@ func (c *Consumer) handle(ctx context.Context, s *slot, m *Msg) {
 		s.msg = nil
 		s.mu.Unlock()
 	}()
+	if m.Header.Get(HeaderWake) != "" {
+		// A wake-up after a purge (PurgeAccount): it did its job by being
+		// delivered.
+		_ = m.raw.Ack()
+		return
+	}
 
 	ctx = ExtractTrace(ctx, m.Header)
 	attrs := []attribute.KeyValue{

@@ -491,3 +491,29 @@ func TestConsumerDeferBringsMessageBackWithoutUsingAttempts(t *testing.T) {
 		return nil
 	})
 }
+
+// PurgeAccount wakes the stage consumer after a purge, and the runtime acks
+// the wake-up without calling the handler.
+func TestPurgeAccountWakesTheStageWithoutReachingTheHandler(t *testing.T) {
+	e := setup(t, fastTopology())
+	e.publishN(t, 0, "gone", 30, []byte("x"))
+	n, err := streams.PurgeAccount(t.Context(), e.js, streams.KindInbound, 0, "gone")
+	if err != nil || n != 30 {
+		t.Fatalf("purged %d (%v), want 30", n, err)
+	}
+	var handled atomic.Int64
+	c := newConsumer(t, e, streams.ConsumerConfig{Shard: 0, Handler: func(ctx context.Context, m *streams.Msg) streams.Outcome {
+		handled.Add(1)
+		return streams.Ack()
+	}})
+	run(t, c)
+	eventually(t, 5*time.Second, func() error {
+		if n := streamMsgs(t, e.js, "INBOUND_0"); n != 0 {
+			return fmt.Errorf("%d left (the wake-up not acked)", n)
+		}
+		return nil
+	})
+	if handled.Load() != 0 || c.Stats().Acked != 0 {
+		t.Fatalf("the wake-up reached the handler (%d) or was counted (%+v)", handled.Load(), c.Stats())
+	}
+}

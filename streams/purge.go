@@ -42,6 +42,36 @@ func PurgeSubject(ctx context.Context, nc *nats.Conn, stream, filter string) (ui
 	return r.Purged, nil
 }
 
+// HeaderWake marks a wake-up message: the runtime acks it without calling
+// the handler.
+const HeaderWake = "Shardflow-Wake"
+
+// PurgeAccount purges one account's subjects from a kind's stream on a
+// shard and returns how many messages were removed. On a work-queue (stage)
+// stream it then publishes a wake-up message for the stage consumer: the
+// server does not wake a pull consumer that was at MaxAckPending when the
+// purge freed its slots (anchors, check 1f), so without it the other
+// accounts of the shard wait until the consumer's next pull request.
+func PurgeAccount(ctx context.Context, js jetstream.JetStream, kind Kind, shard int, account string) (uint64, error) {
+	stream := StreamName(kind, shard)
+	n, err := PurgeSubject(ctx, js.Conn(), stream, AccountFilter(kind, shard, account))
+	if err != nil || (kind != KindInbound && kind != KindOutbound) {
+		return n, err
+	}
+	h := nats.Header{}
+	h.Set(HeaderWake, "purge")
+	h.Set(jetstream.MsgIDHeader, "wake:"+stream+":"+strconv.FormatInt(time.Now().UnixNano(), 10))
+	// Not under the account's filter (so a verification of the purge does
+	// not count it), and no account id can start with '_'.
+	subj := string(kind) + "." + strconv.Itoa(shard) + "._wake.purge"
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := js.PublishMsg(wctx, &nats.Msg{Subject: subj, Header: h}); err != nil {
+		return n, fmt.Errorf("streams: wake %s after purging %s: %w", stream, account, err)
+	}
+	return n, nil
+}
+
 // CountSubject returns how many messages of stream match filter.
 func CountSubject(ctx context.Context, js jetstream.JetStream, stream, filter string) (uint64, error) {
 	s, err := js.Stream(ctx, stream)

@@ -262,7 +262,7 @@ func (sg *saga) purgeAll(ctx context.Context, counts map[string]uint64) error {
 
 func (s *Service) purgeOne(ctx context.Context, kind streams.Kind, shard int, id string) (uint64, error) {
 	start := time.Now()
-	n, err := streams.PurgeSubject(ctx, s.js.Conn(), streams.StreamName(kind, shard), streams.AccountFilter(kind, shard, id))
+	n, err := streams.PurgeAccount(ctx, s.js, kind, shard, id)
 	if err != nil {
 		return 0, err
 	}
