@@ -1,16 +1,11 @@
 package processor_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shardflow/shardflow/services/internal/db/dbtest"
@@ -26,7 +21,7 @@ import (
 // that refuses connections.
 func TestContract(t *testing.T) {
 	pool, dsn := dbtest.New(t) // Effect and set-up read through this one
-	db := newBreakablePool(t, dsn)
+	db := dbtest.Breakable(t, dsn)
 	if _, err := pool.Exec(t.Context(), `
 		INSERT INTO accounts (id, shard, write_key, secret) VALUES ('acme', 0, 'wk_acme', 'secret');
 		INSERT INTO triggers (account_id, name, event, channel, url)
@@ -96,44 +91,4 @@ func outbound(t *testing.T, js jetstream.JetStream, account, id string) int {
 		}
 		seq = m.Sequence + 1
 	}
-}
-
-// breakablePool is a pool whose database can be made unreachable: Break
-// closes its connections and points new ones at a port nobody listens on,
-// so every statement fails with "connection refused", as in an outage.
-type breakablePool struct {
-	*pgxpool.Pool
-	broken atomic.Bool
-}
-
-func newBreakablePool(t *testing.T, dsn string) *breakablePool {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadPort := ln.Addr().(*net.TCPAddr).Port
-	_ = ln.Close()
-	cfg, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &breakablePool{}
-	cfg.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
-		if b.broken.Load() {
-			cc.Host, cc.Port, cc.Fallbacks = "127.0.0.1", uint16(deadPort), nil
-		}
-		return nil
-	}
-	if b.Pool, err = pgxpool.NewWithConfig(t.Context(), cfg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Pool.Close)
-	return b
-}
-
-func (b *breakablePool) Break() (restore func()) {
-	b.broken.Store(true)
-	b.Pool.Reset()
-	return func() { b.broken.Store(false) }
 }

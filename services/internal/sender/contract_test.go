@@ -1,19 +1,13 @@
 package sender_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shardflow/shardflow/schemas"
 	"github.com/shardflow/shardflow/services/internal/db/dbtest"
@@ -29,7 +23,7 @@ import (
 // at a port that refuses connections.
 func TestContract(t *testing.T) {
 	_, dsn := dbtest.New(t)
-	db := newBreakablePool(t, dsn)
+	db := dbtest.Breakable(t, dsn)
 	rcv := newReceiver(t)
 	message := func(i int, data []byte) streams.Message {
 		return streams.Message{
@@ -100,44 +94,4 @@ func (r *receiver) deliveries(key string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.byKey[key]
-}
-
-// breakablePool is a pool whose database can be made unreachable: Break
-// closes its connections and points new ones at a port nobody listens on,
-// so every statement fails with "connection refused", as in an outage.
-type breakablePool struct {
-	*pgxpool.Pool
-	broken atomic.Bool
-}
-
-func newBreakablePool(t *testing.T, dsn string) *breakablePool {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadPort := ln.Addr().(*net.TCPAddr).Port
-	_ = ln.Close()
-	cfg, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &breakablePool{}
-	cfg.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
-		if b.broken.Load() {
-			cc.Host, cc.Port, cc.Fallbacks = "127.0.0.1", uint16(deadPort), nil
-		}
-		return nil
-	}
-	if b.Pool, err = pgxpool.NewWithConfig(t.Context(), cfg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Pool.Close)
-	return b
-}
-
-func (b *breakablePool) Break() (restore func()) {
-	b.broken.Store(true)
-	b.Pool.Reset()
-	return func() { b.broken.Store(false) }
 }
