@@ -85,24 +85,8 @@ func ExampleNewConsumer() {
 // work-queue stream.
 func ExampleAck() {
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "streams-example")
-	defer os.RemoveAll(dir)
-	srv, err := natsembed.Run(natsembed.Config{StoreDir: dir})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.WaitForShutdown()
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	topo := streams.Topology{Shards: 1}.WithDefaults()
-	if _, err := streams.Provision(ctx, js, topo, nil); err != nil {
-		log.Fatal(err)
-	}
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
 	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
 	if _, err := pub.Publish(ctx, streams.Message{
 		Subject: streams.Subject{Kind: streams.KindInbound, Shard: 0, Account: "acme", Type: "track"},
@@ -258,24 +242,8 @@ func ExampleRetryAfter() {
 // inspect and replay it, and leaves the stage stream.
 func ExampleDeadLetter() {
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "streams-example")
-	defer os.RemoveAll(dir)
-	srv, err := natsembed.Run(natsembed.Config{StoreDir: dir})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.WaitForShutdown()
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	topo := streams.Topology{Shards: 1}.WithDefaults()
-	if _, err := streams.Provision(ctx, js, topo, nil); err != nil {
-		log.Fatal(err)
-	}
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
 	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
 	if _, err := pub.Publish(ctx, streams.Message{
 		Subject: streams.Subject{Kind: streams.KindInbound, Shard: 0, Account: "acme", Type: "track"},
@@ -333,24 +301,8 @@ func ExampleDeadLetter() {
 // ConsumerConfig.Gate.)
 func ExampleDrop() {
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "streams-example")
-	defer os.RemoveAll(dir)
-	srv, err := natsembed.Run(natsembed.Config{StoreDir: dir})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.WaitForShutdown()
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	topo := streams.Topology{Shards: 1}.WithDefaults()
-	if _, err := streams.Provision(ctx, js, topo, nil); err != nil {
-		log.Fatal(err)
-	}
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
 	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
 	for i, typ := range []string{"track", "test", "track"} {
 		if _, err := pub.Publish(ctx, streams.Message{
@@ -456,24 +408,8 @@ func ExampleUnavailable() {
 // subject later, with Deferrals counting the deferrals.
 func ExampleDefer() {
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "streams-example")
-	defer os.RemoveAll(dir)
-	srv, err := natsembed.Run(natsembed.Config{StoreDir: dir})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.WaitForShutdown()
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	topo := streams.Topology{Shards: 1}.WithDefaults()
-	if _, err := streams.Provision(ctx, js, topo, nil); err != nil {
-		log.Fatal(err)
-	}
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
 	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
 	if _, err := pub.Publish(ctx, streams.Message{
 		Subject: streams.Subject{Kind: streams.KindOutbound, Shard: 0, Account: "acme", Type: "webhook"},

@@ -5,13 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"os"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shardflow/shardflow/streams"
-	"github.com/shardflow/shardflow/streams/natsembed"
 )
 
 // Publish stores one message and waits for JetStream's acknowledgement. The
@@ -20,24 +15,8 @@ import (
 // over the size limit is refused before anything is sent.
 func ExamplePublisher_Publish() {
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "streams-example")
-	defer os.RemoveAll(dir)
-	srv, err := natsembed.Run(natsembed.Config{StoreDir: dir})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.WaitForShutdown()
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	topo := streams.Topology{Shards: 1}.WithDefaults()
-	if _, err := streams.Provision(ctx, js, topo, nil); err != nil {
-		log.Fatal(err)
-	}
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
 
 	pub, err := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
 	if err != nil {
@@ -72,24 +51,8 @@ func ExamplePublisher_Publish() {
 // its request) stores nothing twice.
 func ExamplePublisher_PublishBatch() {
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "streams-example")
-	defer os.RemoveAll(dir)
-	srv, err := natsembed.Run(natsembed.Config{StoreDir: dir})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.WaitForShutdown()
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	topo := streams.Topology{Shards: 1}.WithDefaults()
-	if _, err := streams.Provision(ctx, js, topo, nil); err != nil {
-		log.Fatal(err)
-	}
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
 
 	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
 	var batch []streams.Message
@@ -119,24 +82,8 @@ func ExamplePublisher_PublishBatch() {
 // many it removed.
 func ExamplePurgeSubject() {
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "streams-example")
-	defer os.RemoveAll(dir)
-	srv, err := natsembed.Run(natsembed.Config{StoreDir: dir})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.WaitForShutdown()
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	topo := streams.Topology{Shards: 1}.WithDefaults()
-	if _, err := streams.Provision(ctx, js, topo, nil); err != nil {
-		log.Fatal(err)
-	}
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
 	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
 	for i, account := range []string{"acme", "acme", "acme", "globex", "globex"} {
 		_, err := pub.Publish(ctx, streams.Message{
@@ -150,7 +97,7 @@ func ExamplePurgeSubject() {
 	}
 
 	filter := streams.AccountFilter(streams.KindInbound, 0, "acme") // inbound.0.acme.>
-	purged, err := streams.PurgeSubject(ctx, nc, "INBOUND_0", filter)
+	purged, err := streams.PurgeSubject(ctx, js.Conn(), "INBOUND_0", filter)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -80,24 +80,8 @@ func ExampleRunStage() {
 // before the handler sees it.
 func ExampleNewStage() {
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "streams-example")
-	defer os.RemoveAll(dir)
-	srv, err := natsembed.Run(natsembed.Config{StoreDir: dir})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.WaitForShutdown()
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	topo := streams.Topology{Shards: 1}.WithDefaults()
-	if _, err := streams.Provision(ctx, js, topo, nil); err != nil {
-		log.Fatal(err)
-	}
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
 	kv, _ := streams.DirectoryKV(ctx, js)
 	_ = streams.PutAccount(ctx, kv, streams.Account{ID: "acme", Status: streams.StatusActive, Generation: 1})
 	_ = streams.PutAccount(ctx, kv, streams.Account{ID: "gone", Status: streams.StatusDeleted, Generation: 2})
@@ -112,7 +96,7 @@ func ExampleNewStage() {
 	}
 
 	stage, err := streams.NewStage(ctx, streams.StageConfig{
-		Conn: nc, Topology: topo, Stage: streams.StageProcessor,
+		Conn: js.Conn(), Topology: topo, Stage: streams.StageProcessor,
 		Handler: func(ctx context.Context, m *streams.Msg) streams.Outcome {
 			fmt.Println("handled", m.Subject)
 			return streams.Ack()
