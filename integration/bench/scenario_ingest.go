@@ -189,47 +189,33 @@ func runIngest(ctx context.Context, s *Suite, sc *Scenario) error {
 		name string
 		run  func(r int) error
 	}
+	// raw is a baseline step: publish the same events as ingest stores them,
+	// with publish (one of the raw publishing modes), and record the rate.
+	raw := func(fig, tag string, publish func(msg func(i int) *nats.Msg) (float64, error)) step {
+		return step{fig, func(r int) error {
+			prefix := fmt.Sprintf("%s%d", tag, r)
+			rate, err := publish(func(i int) *nats.Msg {
+				return inboundMsg(a, "track", prefix+"-"+itoa(i), EventJSON("Bench", prefix, i, 0))
+			})
+			if err == nil {
+				sc.Add(fig, r, rate)
+			}
+			return err
+		}}
+	}
 	steps := []step{
-		{fRaw, func(r int) error {
-			prefix := fmt.Sprintf("raw%d", r)
-			rate, err := asyncPublish(ctx, st.NATS, events, func(i int) *nats.Msg {
-				return inboundMsg(a, "track", prefix+"-"+itoa(i), EventJSON("Bench", prefix, i, 0))
-			})
-			if err == nil {
-				sc.Add(fRaw, r, rate)
-			}
-			return err
-		}},
-		{fBatch, func(r int) error {
-			prefix := fmt.Sprintf("atomic%d", r)
-			rate, err := atomicBatches(ctx, st.NATS, events, per, ingestClients, func(i int) *nats.Msg {
-				return inboundMsg(a, "track", prefix+"-"+itoa(i), EventJSON("Bench", prefix, i, 0))
-			})
-			if err == nil {
-				sc.Add(fBatch, r, rate)
-			}
-			return err
-		}},
-		{fB1000, func(r int) error {
-			prefix := fmt.Sprintf("atomick%d", r)
-			rate, err := atomicBatches(ctx, st.NATS, events, 1000, ingestClients, func(i int) *nats.Msg {
-				return inboundMsg(a, "track", prefix+"-"+itoa(i), EventJSON("Bench", prefix, i, 0))
-			})
-			if err == nil {
-				sc.Add(fB1000, r, rate)
-			}
-			return err
-		}},
-		{fPerRq, func(r int) error {
-			prefix := fmt.Sprintf("perreq%d", r)
-			rate, err := perRequestAsync(ctx, st.NATS, events, per, ingestClients, func(i int) *nats.Msg {
-				return inboundMsg(a, "track", prefix+"-"+itoa(i), EventJSON("Bench", prefix, i, 0))
-			})
-			if err == nil {
-				sc.Add(fPerRq, r, rate)
-			}
-			return err
-		}},
+		raw(fRaw, "raw", func(msg func(int) *nats.Msg) (float64, error) {
+			return asyncPublish(ctx, st.NATS, events, msg)
+		}),
+		raw(fBatch, "atomic", func(msg func(int) *nats.Msg) (float64, error) {
+			return atomicBatches(ctx, st.NATS, events, per, ingestClients, msg)
+		}),
+		raw(fB1000, "atomick", func(msg func(int) *nats.Msg) (float64, error) {
+			return atomicBatches(ctx, st.NATS, events, 1000, ingestClients, msg)
+		}),
+		raw(fPerRq, "perreq", func(msg func(int) *nats.Msg) (float64, error) {
+			return perRequestAsync(ctx, st.NATS, events, per, ingestClients, msg)
+		}),
 		{fIng, func(r int) error {
 			prefix := fmt.Sprintf("ing%d", r)
 			cpu0, _ := ing.CPU()
