@@ -521,8 +521,8 @@ func (c *Consumer) handle(ctx context.Context, s *slot, m *Msg) {
 		span.RecordError(out.Err)
 		span.SetStatus(codes.Error, out.String())
 	}
-	if sub, err := ParseSubject(m.raw.Subject()); err == nil {
-		span.SetAttributes(attribute.String("shardflow.account", sub.Account))
+	if m.Subject.Account != "" { // parsed by decide
+		span.SetAttributes(attribute.String("shardflow.account", m.Subject.Account))
 	}
 	c.apply(ctx, m, out)
 }

@@ -65,26 +65,26 @@ func New(cfg Config) (*Processor, error) {
 
 // Handle is the streams.Handler.
 func (p *Processor) Handle(ctx context.Context, m *streams.Msg) streams.Outcome {
-	var ev schemas.Event
-	if err := json.Unmarshal(m.Data, &ev); err != nil {
+	// One parse and schema check of the stored event; its type is the
+	// subject's type token, which ingest set from it.
+	lim := schemas.Limits{MaxEventBytes: len(m.Data) + 1, MaxBatchBytes: len(m.Data) + 1}
+	ev, err := schemas.DecodeEvent(m.Subject.Type, m.Data, lim)
+	var syntax *schemas.SyntaxError
+	switch {
+	case errors.As(err, &syntax):
 		return streams.DeadLetter(streams.ClassUndecodable, fmt.Errorf("decode inbound event: %w", err))
-	}
-	if ev.Type == "" {
-		ev.Type = m.Subject.Type
-	}
-	raw, _ := json.Marshal(ev)
-	if _, err := schemas.DecodeEvent(ev.Type, raw, schemas.Limits{MaxEventBytes: len(raw) + 1, MaxBatchBytes: len(raw) + 1}); err != nil {
+	case err != nil:
 		return streams.DeadLetter(streams.ClassSchemaInvalid, err)
 	}
 	switch ev.Type {
 	case schemas.TypeIdentify:
-		return p.identify(ctx, m, &ev)
+		return p.identify(ctx, m, ev)
 	case schemas.TypeTrack:
 		if p.cfg.CrashOnEvent != "" && ev.Event == p.cfg.CrashOnEvent {
 			p.log.Error("test crash hook: exiting on event", "event", ev.Event, "delivered", m.Delivered)
 			os.Exit(3)
 		}
-		return p.track(ctx, m, &ev)
+		return p.track(ctx, m, ev)
 	}
 	return streams.DeadLetter(streams.ClassSchemaInvalid, fmt.Errorf("unknown event type %q", ev.Type))
 }
