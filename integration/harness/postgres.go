@@ -22,33 +22,12 @@ const DefaultTestDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 // schema is dropped when the test ends.
 func Schema(t testing.TB) (dsn string, pool *pgxpool.Pool) {
 	t.Helper()
-	base, admin := adminPool(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	schema := "sf_it_" + randomHex()
-	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatalf("create schema: %v", err)
-	}
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	dsn = u.String()
-	pool, err = pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		pool.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, _ = admin.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE")
-		admin.Close()
+	return isolated(t, "CREATE SCHEMA "+schema, "DROP SCHEMA "+schema+" CASCADE", func(u *url.URL) {
+		q := u.Query()
+		q.Set("search_path", schema)
+		u.RawQuery = q.Encode()
 	})
-	return dsn, pool
 }
 
 // Database creates a fresh database (not just a schema) for a test that
@@ -56,18 +35,27 @@ func Schema(t testing.TB) (dsn string, pool *pgxpool.Pool) {
 // is dropped when the test ends.
 func Database(t testing.TB) (dsn string, pool *pgxpool.Pool) {
 	t.Helper()
+	name := "sf_itdb_" + randomHex()
+	return isolated(t, "CREATE DATABASE "+name, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)", func(u *url.URL) {
+		u.Path = "/" + name
+	})
+}
+
+// isolated runs create on the test server, points the base DSN at what it
+// created (with point), opens a pool there, and runs drop when the test ends.
+func isolated(t testing.TB, create, drop string, point func(*url.URL)) (dsn string, pool *pgxpool.Pool) {
+	t.Helper()
 	base, admin := adminPool(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	name := "sf_itdb_" + randomHex()
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("create database: %v", err)
+	if _, err := admin.Exec(ctx, create); err != nil {
+		t.Fatalf("%s: %v", create, err)
 	}
 	u, err := url.Parse(base)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.Path = "/" + name
+	point(u)
 	dsn = u.String()
 	pool, err = pgxpool.New(ctx, dsn)
 	if err != nil {
@@ -77,7 +65,7 @@ func Database(t testing.TB) (dsn string, pool *pgxpool.Pool) {
 		pool.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		_, _ = admin.Exec(ctx, drop)
 		admin.Close()
 	})
 	return dsn, pool
