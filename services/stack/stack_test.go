@@ -21,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/shardflow/shardflow/services/internal/status"
 	"github.com/shardflow/shardflow/streams"
 )
 
@@ -210,7 +211,7 @@ shardflow_stage_acked_total{shard="1",stage="sender"} 99
 shardflow_stage_acked_totalx{shard="1",stage="processor"} 5
 shardflow_stage_acked_total{job="a\"b",shard="1",stage="processor"} 1e3
 `
-	got, err := counterByShard(strings.NewReader(text), "shardflow_stage_acked_total", "processor")
+	got, err := status.CounterByShard(strings.NewReader(text), "shardflow_stage_acked_total", "processor")
 	if err != nil {
 		t.Fatal(err)
 	}

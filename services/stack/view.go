@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/shardflow/shardflow/services/internal/status"
 	"github.com/shardflow/shardflow/streams"
 )
 
@@ -156,73 +155,7 @@ func (v *view) processed(ctx context.Context) (map[int]float64, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("processor metrics: HTTP %d", resp.StatusCode)
 	}
-	return counterByShard(resp.Body, streams.MetricAcked+"_total", streams.StageProcessor)
-}
-
-// counterByShard sums a Prometheus counter's samples for stage by their
-// shard label, from the text exposition format.
-func counterByShard(r io.Reader, metric, stage string) (map[int]float64, error) {
-	out := map[int]float64{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, metric+"{") {
-			continue
-		}
-		end := strings.LastIndexByte(line, '}')
-		if end < 0 {
-			continue
-		}
-		labels := parseLabels(line[len(metric)+1 : end])
-		if labels["stage"] != stage {
-			continue
-		}
-		shard, err := strconv.Atoi(labels["shard"])
-		if err != nil {
-			continue
-		}
-		fields := strings.Fields(line[end+1:])
-		if len(fields) == 0 {
-			continue
-		}
-		val, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			continue
-		}
-		out[shard] += val
-	}
-	return out, sc.Err()
-}
-
-// parseLabels parses `a="x",b="y"` (label values with \" or \\ escapes).
-func parseLabels(s string) map[string]string {
-	out := map[string]string{}
-	for len(s) > 0 {
-		eq := strings.IndexByte(s, '=')
-		if eq < 0 || eq+1 >= len(s) || s[eq+1] != '"' {
-			break
-		}
-		name := strings.TrimSpace(strings.TrimLeft(s[:eq], ","))
-		var val strings.Builder
-		i := eq + 2
-		for ; i < len(s) && s[i] != '"'; i++ {
-			if s[i] == '\\' && i+1 < len(s) {
-				i++
-				if s[i] == 'n' {
-					val.WriteByte('\n')
-					continue
-				}
-			}
-			val.WriteByte(s[i])
-		}
-		out[name] = val.String()
-		if i+1 >= len(s) {
-			break
-		}
-		s = s[i+1:]
-	}
-	return out
+	return status.CounterByShard(resp.Body, streams.MetricAcked+"_total", streams.StageProcessor)
 }
 
 // totals prints, per demo account, what the demo sent and the sink got.

@@ -252,3 +252,24 @@ func applyCounters(snap *Snapshot, s *series) {
 		}
 	}
 }
+
+// CounterByShard sums one metric's samples for a stage by their shard
+// label, from a Prometheus text exposition (the local stack's view reads
+// the processor's acked counter this way).
+func CounterByShard(r io.Reader, metric, stage string) (map[int]float64, error) {
+	out := map[int]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		name, labels, value, ok := parseSample(sc.Text())
+		if !ok || name != metric || labels["stage"] != stage {
+			continue
+		}
+		shard, err := strconv.Atoi(labels["shard"])
+		if err != nil || math.IsNaN(value) || math.IsInf(value, 0) {
+			continue
+		}
+		out[shard] += value
+	}
+	return out, sc.Err()
+}
