@@ -90,7 +90,16 @@ func TestPoisonFlood(t *testing.T) {
 		t.Fatalf("good: %d distinct, %d total, %d bad signatures", distinct, total, bad)
 	}
 	if got := deadLetters(t, s, "account_id = $1 AND stage = 'processor' AND error_class = $2 AND attempts = 1 AND error LIKE '%22P05%'", a.ID, streams.ClassPermanent); got != n {
-		t.Fatalf("%d of %d dead letters carry stage, class, attempts and the SQLSTATE", got, n)
+		rows, _ := s.DB.Query(context.Background(), `SELECT stage, error_class, attempts, left(error, 120), count(*) FROM dead_letters WHERE account_id = $1 AND NOT (stage = 'processor' AND error_class = $2 AND attempts = 1 AND error LIKE '%22P05%') GROUP BY 1, 2, 3, 4`, a.ID, streams.ClassPermanent)
+		var other []string
+		for rows.Next() {
+			var stage, class, errText string
+			var attempts, count int
+			_ = rows.Scan(&stage, &class, &attempts, &errText, &count)
+			other = append(other, fmt.Sprintf("%d × %s/%s/%d: %s", count, stage, class, attempts, errText))
+		}
+		rows.Close()
+		t.Fatalf("%d of %d dead letters carry stage, class, attempts and the SQLSTATE; the others: %v", got, n, other)
 	}
 	if got := s.StreamMsgs(streams.StreamName(streams.KindDeadLetter, a.Shard)); got != n {
 		t.Fatalf("dead-letter stream holds %d, want %d", got, n)
