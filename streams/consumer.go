@@ -317,10 +317,12 @@ func (c *Consumer) fetchLoop(ctx context.Context, work chan<- *Msg) {
 		if c.maxReq > 0 {
 			freeBytes = min(freeBytes, c.maxReq)
 		}
-		fctx, cancel := context.WithTimeout(ctx, c.cfg.FetchWait)
-		batch, err := c.cons.Fetch(free, jetstream.FetchMaxBytes(freeBytes), jetstream.FetchContext(fctx))
+		// The pull request ends on the server's own expiry, never on a
+		// client-side deadline: a client that stops listening first drops
+		// the messages the server sent just before it expired, and they come
+		// back only after the ack wait, one attempt used up.
+		batch, err := c.cons.Fetch(free, jetstream.FetchMaxBytes(freeBytes), jetstream.FetchMaxWait(c.cfg.FetchWait))
 		if err != nil {
-			cancel()
 			if ctx.Err() != nil {
 				return
 			}
@@ -340,7 +342,6 @@ func (c *Consumer) fetchLoop(ctx context.Context, work chan<- *Msg) {
 			c.queuedMu.Unlock()
 			work <- m
 		}
-		cancel()
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			if errors.Is(err, jetstream.ErrNoMessages) {
 				continue
