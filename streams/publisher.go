@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -32,6 +33,13 @@ type PublisherConfig struct {
 	Timeout time.Duration
 	// TracerProvider creates the producer spans. Default: the global one.
 	TracerProvider trace.TracerProvider
+	// GroupCommit, when above 0, lets concurrent PublishBatch calls for the
+	// same stream share atomic batches (group commit, see groupcommit.go):
+	// at most GroupCommit batches per stream are in flight, and the calls
+	// that arrive meanwhile are committed together, up to MaxBatch messages
+	// a batch. All calls in a batch get its outcome. Default 0: every call
+	// is its own batch. The server allows 50 batches in flight per stream.
+	GroupCommit int
 }
 
 // Publisher publishes messages and waits until JetStream has stored them.
@@ -44,6 +52,10 @@ type Publisher struct {
 	timeout    time.Duration
 	tracer     trace.Tracer
 	maxPayload int
+
+	groupSlots int
+	groupsMu   sync.Mutex
+	groups     map[string]*commitQueue
 }
 
 // NewPublisher returns a Publisher.
@@ -54,12 +66,17 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	if cfg.Topology.Shards == 0 {
 		cfg.Topology = DefaultTopology()
 	}
+	if cfg.GroupCommit < 0 || cfg.GroupCommit > 50 {
+		return nil, fmt.Errorf("streams: PublisherConfig.GroupCommit is %d, must be 0 to 50 (the server's batches in flight per stream)", cfg.GroupCommit)
+	}
 	return &Publisher{
 		js:         cfg.JetStream,
 		topo:       cfg.Topology,
 		timeout:    cmp.Or(cfg.Timeout, 5*time.Second),
 		tracer:     tracerFrom(cfg.TracerProvider),
 		maxPayload: int(cfg.JetStream.Conn().MaxPayload()),
+		groupSlots: cfg.GroupCommit,
+		groups:     map[string]*commitQueue{},
 	}, nil
 }
 
@@ -175,7 +192,8 @@ func (p *Publisher) Publish(ctx context.Context, m Message) (PublishResult, erro
 
 // PublishBatch stores msgs, which must all go to one stream, as one
 // JetStream atomic batch: all of them or none, with one disk sync for the
-// whole batch under sync_interval: always. A batch holding an id that
+// whole batch under sync_interval: always. With GroupCommit set, the batch
+// may also hold other concurrent calls' messages. A batch holding an id that
 // JetStream has already seen (a client retrying a request) is refused whole
 // by the server; PublishBatch then publishes the messages one by one, so the
 // duplicates are acknowledged as such and the rest stored — each message is
@@ -197,6 +215,7 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) error {
 			semconv.MessagingBatchMessageCount(len(msgs)))...))
 	defer span.End()
 	natsMsgs := make([]*nats.Msg, len(msgs))
+	ids := make([]string, len(msgs))
 	seen := make(map[string]struct{}, len(msgs))
 	for i, m := range msgs {
 		if m.Subject.Kind != first.Kind || m.Subject.Shard != first.Shard {
@@ -211,21 +230,33 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) error {
 			span.SetStatus(codes.Error, err.Error())
 			return err
 		}
-		natsMsgs[i] = nm
+		natsMsgs[i], ids[i] = nm, m.ID
 	}
 	ctx, cancel := p.withTimeout(ctx)
 	defer cancel()
-	if len(natsMsgs) == 1 {
-		_, err := p.js.PublishMsg(ctx, natsMsgs[0])
-		return wrapSpanErr(span, err, first)
-	}
-	_, err := jetstreamext.PublishMsgBatch(ctx, p.js, natsMsgs)
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && (apiErr.ErrorCode == 10201 || apiErr.ErrorCode == 10158) {
-		span.AddEvent("batch holds an already-stored id; publishing one by one")
-		err = p.publishEach(ctx, natsMsgs)
+	var err error
+	if p.groupSlots > 0 {
+		err = p.commitGrouped(ctx, StreamName(first.Kind, first.Shard), natsMsgs, ids)
+	} else {
+		err = p.commitBatch(ctx, natsMsgs)
 	}
 	return wrapSpanErr(span, err, first)
+}
+
+// commitBatch stores msgs as one atomic batch; when the server refuses it
+// because it holds an id already stored, one by one.
+func (p *Publisher) commitBatch(ctx context.Context, msgs []*nats.Msg) error {
+	if len(msgs) == 1 {
+		_, err := p.js.PublishMsg(ctx, msgs[0])
+		return err
+	}
+	_, err := jetstreamext.PublishMsgBatch(ctx, p.js, msgs)
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == 10201 || apiErr.ErrorCode == 10158) {
+		trace.SpanFromContext(ctx).AddEvent("batch holds an already-stored id; publishing one by one")
+		err = p.publishEach(ctx, msgs)
+	}
+	return err
 }
 
 func wrapSpanErr(span trace.Span, err error, s Subject) error {

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"net/http"
+	"runtime/debug"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
@@ -18,6 +19,8 @@ type config struct {
 	Addr           string `name:"addr" env:"SHARDFLOW_INGEST_ADDR" default:"127.0.0.1:8080" help:"Tracking API address."`
 	MaxBatchBytes  int    `name:"max-batch-bytes" env:"SHARDFLOW_MAX_BATCH_BYTES" default:"512000" help:"Largest batch request body."`
 	DefaultRate    int    `name:"default-rate" env:"SHARDFLOW_INGEST_DEFAULT_RATE" default:"5000" help:"Per-account events/s when the account sets none."`
+	GCPercent      int    `name:"gc-percent" env:"GOGC" default:"400" help:"Go GC target percentage. Ingest turns each request into short-lived garbage (about 3 KB an event); 400 instead of Go's 100 spends a few hundred MB of heap at most to cut the collector's CPU, and raised ingest's throughput by a fifth in the bench. GOGC, if set, wins as usual."`
+	GroupCommit    int    `name:"group-commit" env:"SHARDFLOW_INGEST_GROUP_COMMIT" default:"1" help:"Atomic batches in flight per stream; concurrent requests for a stream that arrive meanwhile are stored together in the next batch (0: one batch per request)."`
 }
 
 func main() {
@@ -26,6 +29,7 @@ func main() {
 }
 
 func run(ctx context.Context, cfg config) error {
+	debug.SetGCPercent(cfg.GCPercent)
 	env, err := service.StartEdge(ctx, "ingest", cfg.Common, streams.KindInbound)
 	if err != nil {
 		return err
@@ -35,7 +39,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	pub, err := env.NewPublisher()
+	pub, err := env.NewPublisher(cfg.GroupCommit)
 	if err != nil {
 		return err
 	}

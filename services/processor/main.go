@@ -36,7 +36,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	pub, err := env.NewPublisher()
+	pub, err := env.NewPublisher(0)
 	if err != nil {
 		return err
 	}

@@ -49,6 +49,13 @@ var accounts = []streams.Account{
 
 func setup(t *testing.T) *fixture {
 	t.Helper()
+	return setupWith(t, 64<<10, 0)
+}
+
+// setupWith is setup with the handler's batch limit and the publisher's
+// group commit set.
+func setupWith(t testing.TB, maxBatchBytes, groupCommit int) *fixture {
+	t.Helper()
 	s := natsembed.Test(t)
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
@@ -80,8 +87,8 @@ func setup(t *testing.T) *fixture {
 			t.Fatal(err)
 		}
 	}
-	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
-	h, err := ingest.New(ingest.Config{Directory: dir, Publisher: pub, Topology: topo, MaxBatchBytes: 64 << 10, DefaultRate: 1000})
+	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo, GroupCommit: groupCommit})
+	h, err := ingest.New(ingest.Config{Directory: dir, Publisher: pub, Topology: topo, MaxBatchBytes: maxBatchBytes, DefaultRate: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,8 +51,9 @@ func (e *Env) OpenDirectory(ctx context.Context) (*streams.Directory, error) {
 }
 
 // NewPublisher returns a publisher for the service's topology and tracer.
-func (e *Env) NewPublisher() (*streams.Publisher, error) {
-	return streams.NewPublisher(streams.PublisherConfig{JetStream: e.JS, Topology: e.Topo, TracerProvider: e.Tel.TracerProvider})
+// groupCommit is streams.PublisherConfig.GroupCommit (0: off).
+func (e *Env) NewPublisher(groupCommit int) (*streams.Publisher, error) {
+	return streams.NewPublisher(streams.PublisherConfig{JetStream: e.JS, Topology: e.Topo, TracerProvider: e.Tel.TracerProvider, GroupCommit: groupCommit})
 }
 
 // Serve runs the actors and the health endpoint until one fails or a
