@@ -224,13 +224,15 @@ func runDeletion(ctx context.Context, s *Suite, sc *Scenario) error {
 	// 100,000 in a shard of 1,000,000 took over two minutes a run on the
 	// 2-core machine (the flood alone, then the other account's backlog), so
 	// the scenario runs scaled down by five, as the brief allows.
-	victim, shardSize := s.size(20_000, 1000), s.size(200_000, 10_000)
+	victim, shardSize := s.size(20_000, 1000), s.size(200_000, 10_000) // victim: half live, half parked
 	const (
 		fDel     = "DELETE → status deleted"
 		f410     = "DELETE → ingest answers 410"
-		fP99b    = "other account p99 request → webhook, before"
+		fP99c    = "other account p99, the second after the flood, no deletion (control run)"
+		fP99w    = "other account p99, the second after DELETE"
+		fP99b    = "other account p99 request → webhook, before the flood"
 		fP99d    = "other account p99 request → webhook, during the deletion"
-		fP50b    = "other account p50, before"
+		fP50b    = "other account p50, before the flood"
 		fP50d    = "other account p50, during the deletion"
 		fRefused = "other account requests refused (503, retry)"
 		fVictim  = "victim's inbound messages at DELETE"
@@ -238,27 +240,36 @@ func runDeletion(ctx context.Context, s *Suite, sc *Scenario) error {
 	)
 	sc.Declare(fDel, "ms", "", ValueAtMost(2000, "ms"))
 	sc.Declare(f410, "ms", "", ValueAtMost(1000, "ms"))
+	sc.Declare(fP99c, "ms", "", nil)
+	sc.Declare(fP99w, "ms", fP99c, RatioAtMost(2))
 	sc.Declare(fP99b, "ms", "", nil)
-	sc.Declare(fP99d, "ms", fP99b, RatioAtMost(2))
+	sc.Declare(fP99d, "ms", fP99b, nil)
 	sc.Declare(fP50b, "ms", "", nil)
 	sc.Declare(fP50d, "ms", fP50b, nil)
 	sc.Declare(fRefused, "requests", "", nil)
 	sc.Declare(fVictim, "msgs", "", nil)
 	sc.Declare(fShard, "msgs", "", nil)
 	sc.Set("a fresh stack per run: accounts (SHARDFLOW_DELETION_GRACE=200ms), ingest, processor, sender as processes; three accounts on one shard: the victim, the other account, and a suspended filler account")
-	sc.Set("the other account sends /v1/batch of 10 events every 20 ms (500 events/s) from start to end; 'before' is its events of the 5 s before the flood, 'during' its events sent between DELETE and status deleted")
-	sc.Set("the flood: %d messages published straight to the shard's INBOUND stream, every 10th the victim's live track event (%d; the processor consumes them meanwhile, and delivers them: the victim has a webhook trigger too), the rest parked copies (held subjects) of the suspended filler account, which no stage consumer reads; DELETE goes out the moment the flood is stored", shardSize, victim)
+	sc.Set("the other account sends /v1/batch of 10 events every 20 ms (500 events/s) from start to end; 'before the flood' is its events of the 5 s before the flood, 'during' its events sent between DELETE and status deleted")
+	sc.Set("the flood: %d messages published straight to the shard's INBOUND stream, every 20th the victim's live track event (%d; the processor consumes them meanwhile, and delivers them: the victim has a webhook trigger too), every 20th another of the victim's messages parked on its held subjects (%d, as a suspension leaves them: no stage consumer reads them, so the victim holds them at DELETE and the purge removes them), the rest parked copies of the suspended filler account; DELETE goes out the moment the flood is stored", shardSize, victim/2, victim/2)
+	sc.Set("the deletion's cost to the other account (the target): every run is done twice, alternating which goes first — with the DELETE, and as a control run that does everything the same but sends no DELETE; the figure is the other account's p99 over the events it sent in the second after the flood was stored (about 500), with the deletion against without. 'Before the flood' against 'during the deletion' is shown too, but it mostly measures the flood: the shard has just taken %d messages, and the processor and sender are still working through the victim's share", shardSize)
 	sc.Set("scaled down by five from the brief's 100,000 in 1,000,000: at full size one run took over two minutes on this machine")
 	sc.Set("410: POST /v1/track with the victim's write key every 5 ms from DELETE on; deleted: GET /v1/accounts/<id> every 10 ms")
 	for r := range s.Cfg.Runs {
-		if err := deletionOnce(ctx, s, sc, r, victim, shardSize); err != nil {
-			return fmt.Errorf("run %d: %w", r+1, err)
+		for i := range 2 {
+			control := (r+i)%2 == 1
+			if err := deletionOnce(ctx, s, sc, r, victim, shardSize, control); err != nil {
+				return fmt.Errorf("run %d (control %v): %w", r+1, control, err)
+			}
 		}
 	}
 	return nil
 }
 
-func deletionOnce(ctx context.Context, s *Suite, sc *Scenario, r, victim, shardSize int) error {
+// deletionOnce floods the shard and deletes the victim; as a control run,
+// it floods the shard the same way and deletes nothing.
+func deletionOnce(ctx context.Context, s *Suite, sc *Scenario, r, victim, shardSize int, control bool) error {
+	const window = time.Second
 	p, err := startPipeline(ctx, StackOptions{Env: []string{"SHARDFLOW_DELETION_GRACE=200ms"}})
 	if err != nil {
 		return err
@@ -298,13 +309,19 @@ func deletionOnce(ctx context.Context, s *Suite, sc *Scenario, r, victim, shardS
 
 	// The flood.
 	_, err = asyncPublish(ctx, p.st.NATS, shardSize, func(i int) *nats.Msg {
-		if i%10 == 0 {
+		if i%20 == 0 {
 			return inboundMsg(vic, "track", "v-"+itoa(i), EventJSON("Bench", "v", i, 0))
 		}
-		m := nats.NewMsg(fmt.Sprintf("inbound.%d.%s.held.track", fil.Shard, fil.ID))
+		// Parked copies: the victim's (what a suspension leaves, held
+		// until the account is restored) and the filler's.
+		a := fil
+		if i%20 == 10 {
+			a = vic
+		}
+		m := nats.NewMsg(fmt.Sprintf("inbound.%d.%s.held.track", a.Shard, a.ID))
 		m.Data = EventJSON("Bench", "f", i, 0)
 		m.Header.Set(jetstream.MsgIDHeader, "held:"+in+":"+itoa(i))
-		m.Header.Set(streams.HeaderOriginalSubject, fmt.Sprintf("inbound.%d.%s.track", fil.Shard, fil.ID))
+		m.Header.Set(streams.HeaderOriginalSubject, fmt.Sprintf("inbound.%d.%s.track", a.Shard, a.ID))
 		return m
 	})
 	if err != nil {
@@ -315,10 +332,26 @@ func deletionOnce(ctx context.Context, s *Suite, sc *Scenario, r, victim, shardS
 	vicPending, _ := streams.CountSubject(ctx, p.st.JS, in, streams.AccountFilter(streams.KindInbound, vic.Shard, vic.ID))
 	shardMsgs, _ := p.st.Msgs(ctx, in)
 
+	t0 := time.Now()
+	if control {
+		time.Sleep(window + time.Second)
+		stopLoad()
+		lr := <-loadDone
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		err := p.sink.WaitCount(wctx, oth.ID, (lr.Requests-lr.Failed)*10)
+		cancel()
+		if err != nil {
+			return err
+		}
+		ctl := latencies(p.sink.Samples(oth.ID), t0, t0.Add(window))
+		sc.Add("other account p99, the second after the flood, no deletion (control run)", r, Ms(Percentile(ctl, 99)))
+		s.Logf("   run %d control: other p99 %.1f ms in the second after the flood (%d)", r+1, Ms(Percentile(ctl, 99)), len(ctl))
+		return nil
+	}
+
 	// DELETE.
 	vc := NewClient(p.st.IngestURL(), vic.WriteKey, 4)
 	defer vc.Close()
-	t0 := time.Now()
 	code, err := p.st.Admin(ctx, "DELETE", "/v1/accounts/"+vic.ID, nil, nil)
 	if err != nil || code != http.StatusAccepted {
 		stopLoad()
@@ -353,7 +386,7 @@ func deletionOnce(ctx context.Context, s *Suite, sc *Scenario, r, victim, shardS
 	during := t0.Add(tDeleted)
 	// Keep the load a little longer, so every 'during' event is followed by
 	// more, then stop and wait for every delivery.
-	time.Sleep(time.Second)
+	time.Sleep(max(time.Second, time.Until(t0.Add(window+time.Second))))
 	stopLoad()
 	lr := <-loadDone
 	if lr.Failed > 0 {
@@ -370,28 +403,35 @@ func deletionOnce(ctx context.Context, s *Suite, sc *Scenario, r, victim, shardS
 	for i := 0; gone410.Load() == 0 && i < 100; i++ {
 		time.Sleep(50 * time.Millisecond)
 	}
-	var before, dur []time.Duration
-	for _, smp := range p.sink.Samples(oth.ID) {
-		switch {
-		case !smp.Sent.Before(beforeFrom) && smp.Sent.Before(beforeTo):
-			before = append(before, smp.Latency())
-		case !smp.Sent.Before(t0) && !smp.Sent.After(during):
-			dur = append(dur, smp.Latency())
-		}
-	}
+	samples := p.sink.Samples(oth.ID)
+	before := latencies(samples, beforeFrom, beforeTo)
+	dur := latencies(samples, t0, during)
+	win := latencies(samples, t0, t0.Add(window))
+	sc.Add("other account p99, the second after DELETE", r, Ms(Percentile(win, 99)))
 	sc.Add("DELETE → status deleted", r, Ms(tDeleted))
 	if g := gone410.Load(); g > 0 {
 		sc.Add("DELETE → ingest answers 410", r, Ms(time.Duration(g)))
 	}
-	sc.Add("other account p99 request → webhook, before", r, Ms(Percentile(before, 99)))
+	sc.Add("other account p99 request → webhook, before the flood", r, Ms(Percentile(before, 99)))
 	sc.Add("other account p99 request → webhook, during the deletion", r, Ms(Percentile(dur, 99)))
-	sc.Add("other account p50, before", r, Ms(Percentile(before, 50)))
+	sc.Add("other account p50, before the flood", r, Ms(Percentile(before, 50)))
 	sc.Add("other account p50, during the deletion", r, Ms(Percentile(dur, 50)))
 	sc.Add("other account requests refused (503, retry)", r, float64(lr.Failed))
 	sc.Add("victim's inbound messages at DELETE", r, float64(vicPending))
 	sc.Add("shard's inbound stream at DELETE", r, float64(shardMsgs))
-	s.Logf("   run %d: deleted after %v, 410 after %v; victim held %d of %d; other p99 %.1f ms before (%d), %.1f ms during (%d)", r+1, tDeleted.Round(time.Millisecond), time.Duration(gone410.Load()).Round(time.Millisecond), vicPending, shardMsgs, Ms(Percentile(before, 99)), len(before), Ms(Percentile(dur, 99)), len(dur))
+	s.Logf("   run %d: deleted after %v, 410 after %v; victim held %d of %d; other p99 %.1f ms before the flood (%d), %.1f ms during (%d), %.1f ms in the second after DELETE (%d)", r+1, tDeleted.Round(time.Millisecond), time.Duration(gone410.Load()).Round(time.Millisecond), vicPending, shardMsgs, Ms(Percentile(before, 99)), len(before), Ms(Percentile(dur, 99)), len(dur), Ms(Percentile(win, 99)), len(win))
 	return nil
+}
+
+// latencies returns the latencies of the samples sent in [from, to).
+func latencies(samples []Sample, from, to time.Time) []time.Duration {
+	var out []time.Duration
+	for _, smp := range samples {
+		if !smp.Sent.Before(from) && smp.Sent.Before(to) {
+			out = append(out, smp.Latency())
+		}
+	}
+	return out
 }
 
 func (s *Suite) sizeD(full, quick time.Duration) time.Duration {
