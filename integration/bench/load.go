@@ -89,9 +89,12 @@ func (c *Client) Close() { c.hc.CloseIdleConnections() }
 // LoadResult is what a load run measured on the client side.
 type LoadResult struct {
 	Requests, Failed int
-	Elapsed          time.Duration
-	Latencies        []time.Duration // per successful request
-	FirstErr         string
+	// Skipped counts the open loop's ticks that found every request slot
+	// busy: not sent, and counted in Failed too.
+	Skipped   int
+	Elapsed   time.Duration
+	Latencies []time.Duration // per successful request
+	FirstErr  string
 }
 
 // ClosedLoop sends requests 0..requests-1 from workers concurrent clients
@@ -174,6 +177,7 @@ func OpenLoop(ctx context.Context, c *Client, interval, d time.Duration, maxOuts
 		default:
 			mu.Lock()
 			res.Failed++
+			res.Skipped++
 			if res.FirstErr == "" {
 				res.FirstErr = "client saturated"
 			}

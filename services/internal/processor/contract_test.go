@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	dbpkg "github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/services/internal/db/dbtest"
 	"github.com/shardflow/shardflow/services/internal/processor"
 	"github.com/shardflow/shardflow/streams"
@@ -39,7 +40,7 @@ func TestContract(t *testing.T) {
 	streamstest.Run(t, streamstest.Harness{
 		Stage: streams.ConsumerSpec{Name: streams.StageProcessor, Kind: streams.KindInbound},
 		NewHandler: func(t *testing.T, e *streamstest.Env) streams.Handler {
-			p, err := processor.New(processor.Config{DB: db.Pool, Publisher: e.Publisher, TriggerCacheTTL: time.Nanosecond})
+			p, err := processor.New(processor.Config{DB: dbpkg.SharedPool(db.Pool), Publisher: e.Publisher, TriggerCacheTTL: time.Nanosecond})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,17 +11,16 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/shardflow/shardflow/schemas"
+	"github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/services/internal/dlq"
 	"github.com/shardflow/shardflow/streams"
 )
 
 // Config configures the processor.
 type Config struct {
-	// DB holds people and triggers. Required.
-	DB *pgxpool.Pool
+	// DB holds people and triggers: a pool per shard (db.Pools). Required.
+	DB *db.Pools
 	// Publisher publishes outbound messages. Required.
 	Publisher *streams.Publisher
 	// TriggerCacheTTL is how long an account's triggers are cached, so a
@@ -105,7 +104,7 @@ func (p *Processor) identify(ctx context.Context, m *streams.Msg, ev *schemas.Ev
 		ev.Traits = map[string]any{}
 	}
 	traits, _ := json.Marshal(ev.Traits)
-	_, err := p.cfg.DB.Exec(ctx, `
+	_, err := p.cfg.DB.For(m.Subject.Shard).Exec(ctx, `
 		INSERT INTO people (account_id, user_id, traits, last_message_id, updated_at)
 		VALUES ($1, $2, $3, $4, now())
 		ON CONFLICT (account_id, user_id) DO UPDATE
@@ -117,14 +116,14 @@ func (p *Processor) identify(ctx context.Context, m *streams.Msg, ev *schemas.Ev
 	return streams.Ack()
 }
 
-func (p *Processor) triggers(ctx context.Context, account string) ([]Trigger, error) {
+func (p *Processor) triggers(ctx context.Context, shard int, account string) ([]Trigger, error) {
 	p.mu.Lock()
 	c, ok := p.cache[account]
 	p.mu.Unlock()
 	if ok && time.Since(c.at) < p.cfg.TriggerCacheTTL {
 		return c.triggers, nil
 	}
-	rows, err := p.cfg.DB.Query(ctx, `SELECT name, event, channel, url FROM triggers WHERE account_id = $1 ORDER BY name`, account)
+	rows, err := p.cfg.DB.For(shard).Query(ctx, `SELECT name, event, channel, url FROM triggers WHERE account_id = $1 ORDER BY name`, account)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +146,7 @@ func (p *Processor) triggers(ctx context.Context, account string) ([]Trigger, er
 }
 
 func (p *Processor) track(ctx context.Context, m *streams.Msg, ev *schemas.Event) streams.Outcome {
-	ts, err := p.triggers(ctx, m.Subject.Account)
+	ts, err := p.triggers(ctx, m.Subject.Shard, m.Subject.Account)
 	if err != nil {
 		return dbOutcome(err, "load triggers")
 	}

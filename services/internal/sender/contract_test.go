@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shardflow/shardflow/schemas"
+	dbpkg "github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/services/internal/db/dbtest"
 	"github.com/shardflow/shardflow/services/internal/sender"
 	"github.com/shardflow/shardflow/streams"
@@ -36,7 +37,7 @@ func TestContract(t *testing.T) {
 	streamstest.Run(t, streamstest.Harness{
 		Stage: streams.ConsumerSpec{Name: streams.StageSender, Kind: streams.KindOutbound},
 		NewHandler: func(t *testing.T, _ *streamstest.Env) streams.Handler {
-			s, err := sender.New(sender.Config{DB: db.Pool, Accounts: secrets{}, Client: &http.Client{Timeout: 5 * time.Second}})
+			s, err := sender.New(sender.Config{DB: dbpkg.SharedPool(db.Pool), Accounts: secrets{}, Client: &http.Client{Timeout: 5 * time.Second}})
 			if err != nil {
 				t.Fatal(err)
 			}

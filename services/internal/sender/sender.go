@@ -19,9 +19,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/shardflow/shardflow/schemas"
+	"github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/services/internal/dlq"
 	"github.com/shardflow/shardflow/streams"
 )
@@ -40,8 +39,8 @@ type Secrets interface {
 
 // Config configures the sender.
 type Config struct {
-	// DB records deliveries. Required.
-	DB *pgxpool.Pool
+	// DB records deliveries: a pool per shard (db.Pools). Required.
+	DB *db.Pools
 	// Accounts gives each account's signing secret. Required.
 	Accounts Secrets
 	// Client sends webhooks. Default: an http.Client with Timeout.
@@ -117,7 +116,7 @@ func (s *Sender) Handle(ctx context.Context, m *streams.Msg) streams.Outcome {
 	// The logical id survives parking, release and replay.
 	id := cmp.Or(m.ID, out.ID)
 	var status string
-	err := s.cfg.DB.QueryRow(ctx, `
+	err := s.cfg.DB.For(m.Subject.Shard).QueryRow(ctx, `
 		INSERT INTO deliveries (message_id, account_id, shard, channel, url, status)
 		VALUES ($1, $2, $3, $4, $5, 'sending')
 		ON CONFLICT (message_id) DO UPDATE SET attempts = deliveries.attempts + 1
@@ -141,7 +140,7 @@ func (s *Sender) Handle(ctx context.Context, m *streams.Msg) streams.Outcome {
 	if outcome.Kind != streams.OutcomeAck {
 		return outcome
 	}
-	if _, err := s.cfg.DB.Exec(ctx, `UPDATE deliveries SET status = 'delivered', status_code = $2, delivered_at = now() WHERE message_id = $1`, id, code); err != nil {
+	if _, err := s.cfg.DB.For(m.Subject.Shard).Exec(ctx, `UPDATE deliveries SET status = 'delivered', status_code = $2, delivered_at = now() WHERE message_id = $1`, id, code); err != nil {
 		// Sent but not recorded: retried with the same Idempotency-Key.
 		return dbOutcome(err, "record delivery")
 	}

@@ -39,6 +39,31 @@ func (e *Env) OpenDatabase(ctx context.Context) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
+// OpenShardDatabases runs the migrations, as OpenDatabase does, and opens
+// a pool for each shard the process consumes (db.Pools: one shard's
+// handlers cannot take the others' connections), which Close closes; the
+// pools are also a readiness check.
+func (e *Env) OpenShardDatabases(ctx context.Context) (*db.Pools, error) {
+	if err := db.Migrate(ctx, e.Config.DatabaseURL); err != nil {
+		return nil, err
+	}
+	shards, err := e.Config.ShardList()
+	if err != nil {
+		return nil, err
+	}
+	per := e.Config.DBConnsPerShard
+	if per == 0 {
+		per = db.PerShard(len(shards))
+	}
+	pools, err := db.OpenPools(ctx, e.Config.DatabaseURL, shards, per)
+	if err != nil {
+		return nil, err
+	}
+	e.onClose(pools.Close)
+	e.Checks.Add("postgres", pools.Ping)
+	return pools, nil
+}
+
 // OpenDirectory loads the account directory and keeps it current until
 // Close.
 func (e *Env) OpenDirectory(ctx context.Context) (*streams.Directory, error) {

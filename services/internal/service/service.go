@@ -39,6 +39,7 @@ type Common struct {
 	NATSTLSCert     string        `name:"nats-tls-cert" env:"SHARDFLOW_NATS_TLS_CERT" help:"Client certificate (PEM) for servers that verify clients."`
 	NATSTLSKey      string        `name:"nats-tls-key" env:"SHARDFLOW_NATS_TLS_KEY" help:"Client key (PEM) for --nats-tls-cert."`
 	DatabaseURL     string        `name:"database-url" env:"SHARDFLOW_DATABASE_URL" default:"postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable" help:"PostgreSQL DSN."`
+	DBConnsPerShard int32         `name:"db-conns-per-shard" env:"SHARDFLOW_DB_CONNS_PER_SHARD" help:"Stages: connections of each consumed shard's own pool (default: 32 split over the consumed shards, at least 4)."`
 	Shards          int           `name:"shards" env:"SHARDFLOW_SHARDS" default:"4" help:"Number of shards in the topology."`
 	ConsumeShards   string        `name:"consume-shards" env:"SHARDFLOW_CONSUME_SHARDS" help:"Shards this instance consumes, e.g. 0,2 (default: all)."`
 	MaxEventBytes   int           `name:"max-event-bytes" env:"SHARDFLOW_MAX_EVENT_BYTES" default:"32768" help:"THE size limit: largest event payload; every stream size derives from it."`
