@@ -239,7 +239,7 @@ func TestMetricsMatchAKnownWorkload(t *testing.T) {
 	// service consumes, with exactly the labels shard and stage.
 	for svc, stage := range map[string]string{"processor": "processor", "sender": "sender"} {
 		for sh := range s.Topo.Shards {
-			for _, name := range []string{"shardflow_stage_pending", "shardflow_stage_ack_pending", "shardflow_stage_in_flight", "shardflow_stage_held"} {
+			for _, name := range []string{"shardflow_stage_pending", "shardflow_stage_ack_pending", "shardflow_stage_in_flight", "shardflow_stage_held", "shardflow_stage_braked"} {
 				if !has(scrapes[svc], name, map[string]string{"shard": strconv.Itoa(sh), "stage": stage}) {
 					t.Errorf("%s: no %s{shard=%q,stage=%q}", svc, name, strconv.Itoa(sh), stage)
 				}

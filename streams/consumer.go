@@ -109,6 +109,9 @@ type ConsumerConfig struct {
 	// idle until its next pull request (a JetStream quirk), so this bounds
 	// that stall for the other accounts of the shard. Default 250ms.
 	FetchWait time.Duration
+	// Brake slows the consumer while nearly all its messages end
+	// dead-lettered (see Brake). Zero: no brake.
+	Brake Brake
 	// ProbeInterval is how often a held message is retried while its
 	// handler reports Unavailable. Default 1s.
 	ProbeInterval time.Duration
@@ -127,6 +130,8 @@ type Stats struct {
 	Acked, Retried, DeadLettered, Dropped, Held, Deferred int64
 	InFlight, InFlightBytes                               int64
 	PeakInFlight, PeakInFlightBytes                       int64
+	// Braked: the consumer is slowed by its Brake.
+	Braked bool
 }
 
 // Consumer runs a Handler over one stage consumer of one shard. Create it
@@ -155,6 +160,7 @@ type Consumer struct {
 
 	slots   []slot
 	lastErr atomic.Pointer[error]
+	brake   brakeState
 
 	// queued holds the messages fetched and waiting for a handler
 	// goroutine, with when they were fetched: keepAlive covers them too, or
@@ -222,6 +228,11 @@ func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 	c.cfg.FetchWait = cmp.Or(cfg.FetchWait, 250*time.Millisecond)
 	c.cfg.ProbeInterval = cmp.Or(cfg.ProbeInterval, time.Second)
 	c.cfg.StopTimeout = cmp.Or(cfg.StopTimeout, 10*time.Second)
+	if b := cfg.Brake; b.Above < 0 || b.Above >= 1 || b.Rate < 0 {
+		return nil, fmt.Errorf("streams: Brake{Above: %v, Rate: %v}: Above must be in [0, 1) and Rate not negative", b.Above, b.Rate)
+	}
+	c.cfg.Brake.Rate = cmp.Or(cfg.Brake.Rate, 200)
+	c.brake.cfg = c.cfg.Brake
 	c.slots = make([]slot, c.cfg.Concurrency)
 	c.m, err = newStageMetrics(cfg.MeterProvider, c)
 	if err != nil {
@@ -241,6 +252,7 @@ func (c *Consumer) Stats() Stats {
 		Dropped: c.dropped.Load(), Held: c.held.Load(), Deferred: c.deferred.Load(),
 		InFlight: c.inFlight.Load(), InFlightBytes: c.inFlightBytes.Load(),
 		PeakInFlight: c.peak.Load(), PeakInFlightBytes: c.peakBytes.Load(),
+		Braked: c.brake.braked(),
 	}
 }
 
@@ -316,6 +328,11 @@ func (c *Consumer) fetchLoop(ctx context.Context, work chan<- *Msg) {
 		}
 		if c.maxReq > 0 {
 			freeBytes = min(freeBytes, c.maxReq)
+		}
+		free, wait := c.brake.pace(free)
+		if wait > 0 {
+			c.sleep(ctx, wait)
+			continue
 		}
 		// The pull request ends on the server's own expiry, never on a
 		// client-side deadline: a client that stops listening first drops
@@ -603,10 +620,12 @@ func (c *Consumer) apply(ctx context.Context, m *Msg, out Outcome) {
 		}
 		c.acked.Add(1)
 		c.m.acked.Add(ctx, 1, c.m.attrs)
+		c.noteOutcome(ctx, false)
 	case OutcomeRetry:
 		c.noteFailure(m)
 		if m.Delivered >= c.maxDeliver {
 			c.deadLetter(ctx, m, out.Class, out.Err)
+			c.noteOutcome(ctx, true)
 			return
 		}
 		if errors.Is(out.Err, ErrStopped) || errors.Is(out.Err, context.Canceled) {
@@ -622,6 +641,7 @@ func (c *Consumer) apply(ctx context.Context, m *Msg, out Outcome) {
 	case OutcomeDeadLetter:
 		c.noteFailure(m)
 		c.deadLetter(ctx, m, out.Class, out.Err)
+		c.noteOutcome(ctx, true)
 	case OutcomeDefer:
 		if err := c.deferMsg(ctx, m, out.Delay); err != nil {
 			c.log.WarnContext(ctx, "defer failed; retrying instead", "seq", m.Sequence, "err", err)

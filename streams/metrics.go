@@ -26,6 +26,7 @@ const (
 	MetricPending      = "shardflow_stage_pending"
 	MetricAckPending   = "shardflow_stage_ack_pending"
 	MetricHeld         = "shardflow_stage_held"
+	MetricBraked       = "shardflow_stage_braked"
 )
 
 type stageMetrics struct {
@@ -82,8 +83,17 @@ func newStageMetrics(mp metric.MeterProvider, c *Consumer) (*stageMetrics, error
 	if err != nil {
 		return nil, err
 	}
+	braked, err := meter.Int64ObservableGauge(MetricBraked, metric.WithDescription("1 while the consumer is slowed by its brake (nearly every recent message dead-lettered), else 0."))
+	if err != nil {
+		return nil, err
+	}
 	_, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		o.ObserveInt64(inFlight, c.inFlight.Load(), s.attrs)
+		var b int64
+		if c.brake.braked() {
+			b = 1
+		}
+		o.ObserveInt64(braked, b, s.attrs)
 		o.ObserveInt64(held, c.held.Load(), s.attrs)
 		ictx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
@@ -92,6 +102,6 @@ func newStageMetrics(mp metric.MeterProvider, c *Consumer) (*stageMetrics, error
 			o.ObserveInt64(ackPending, int64(info.NumAckPending), s.attrs)
 		}
 		return nil
-	}, inFlight, held, pending, ackPending)
+	}, inFlight, held, pending, ackPending, braked)
 	return s, err
 }

@@ -39,6 +39,8 @@ type Common struct {
 	NATSTLSCert     string        `name:"nats-tls-cert" env:"SHARDFLOW_NATS_TLS_CERT" help:"Client certificate (PEM) for servers that verify clients."`
 	NATSTLSKey      string        `name:"nats-tls-key" env:"SHARDFLOW_NATS_TLS_KEY" help:"Client key (PEM) for --nats-tls-cert."`
 	DatabaseURL     string        `name:"database-url" env:"SHARDFLOW_DATABASE_URL" default:"postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable" help:"PostgreSQL DSN."`
+	BrakeAbove      float64       `name:"brake-above" env:"SHARDFLOW_BRAKE_ABOVE" default:"0.9" help:"Stages: a shard's consumer slows to --brake-rate while more than this share of its recent messages ends dead-lettered (0: never), so a shard flooded with poison leaves the shared CPU and database to the others."`
+	BrakeRate       float64       `name:"brake-rate" env:"SHARDFLOW_BRAKE_RATE" default:"200" help:"Stages: messages/s a braked shard's consumer fetches."`
 	DBConnsPerShard int32         `name:"db-conns-per-shard" env:"SHARDFLOW_DB_CONNS_PER_SHARD" help:"Stages: connections of each consumed shard's own pool (default: 32 split over the consumed shards, at least 4)."`
 	Shards          int           `name:"shards" env:"SHARDFLOW_SHARDS" default:"4" help:"Number of shards in the topology."`
 	ConsumeShards   string        `name:"consume-shards" env:"SHARDFLOW_CONSUME_SHARDS" help:"Shards this instance consumes, e.g. 0,2 (default: all)."`
@@ -287,6 +289,7 @@ func (e *Env) RunStage(ctx context.Context, stage string, gate streams.AccountGa
 			JetStream: e.JS, Topology: e.Topo, Stage: stage, Shard: shard, Handler: h, Gate: gate,
 			Logger: e.Log, TracerProvider: e.Tel.TracerProvider, MeterProvider: e.Tel.MeterProvider,
 			StopTimeout: e.Config.ShutdownTimeout * 2 / 3,
+			Brake:       streams.Brake{Above: e.Config.BrakeAbove, Rate: e.Config.BrakeRate},
 		}
 		if tune != nil {
 			tune(&cfg)
