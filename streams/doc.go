@@ -115,6 +115,12 @@
 //     dead-lettered; a suspended account's message is parked (kept under
 //     <kind>.<shard>.<account>.held.<type>) and released on restore
 //     (ReleaseHeld).
+//   - Failing work yields: with ConsumerConfig.Brake set, a consumer whose
+//     recent messages nearly all end dead-lettered fetches at most
+//     Brake.Rate a second until messages succeed again, so a shard flooded
+//     with poison does not take the CPU and database it shares with other
+//     shards. Its backlog waits in the stream; every message is still
+//     dead-lettered or handled.
 //   - A stop is bounded: when Run's context ends, fetching stops, in-flight
 //     handlers get StopTimeout to finish, then their context is cancelled
 //     (cause ErrStopped) and what they did not finish stays unacked for the

@@ -442,3 +442,47 @@ func ExampleDefer() {
 	// acme:1:welcome delivery 1 deferrals 1
 	// deferred 1, acked 1
 }
+
+// A Brake slows a consumer whose messages nearly all end dead-lettered, so
+// a shard flooded with poison leaves the CPU and the database it shares
+// with the other shards to them. Every message still reaches the
+// dead-letter stream; the brake lets go once messages succeed again.
+func ExampleBrake() {
+	ctx := context.Background()
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
+	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
+	var batch []streams.Message
+	for i := range 300 {
+		batch = append(batch, streams.Message{
+			Subject: streams.Subject{Kind: streams.KindInbound, Shard: 0, Account: "acme", Type: "identify"},
+			ID:      streams.MessageID("acme", 1, fmt.Sprintf("poison-%d", i)), Data: []byte(`{"traits":"\u0000"}`),
+		})
+	}
+	if err := pub.PublishBatch(ctx, batch); err != nil {
+		log.Fatal(err)
+	}
+
+	c, _ := streams.NewConsumer(ctx, streams.ConsumerConfig{
+		JetStream: js, Topology: topo, Stage: streams.StageProcessor, Shard: 0,
+		Brake: streams.Brake{Above: 0.9, Rate: 500}, // over 90% dead-lettered: at most 500/s
+		Handler: func(ctx context.Context, m *streams.Msg) streams.Outcome {
+			return streams.DeadLetter(streams.ClassPermanent, errors.New("jsonb refuses \\u0000"))
+		},
+	})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- c.Run(runCtx) }()
+	braked := false
+	for c.Stats().DeadLettered < 300 {
+		braked = braked || c.Stats().Braked
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	<-done
+	fmt.Println("braked on the way:", braked)
+	fmt.Println("dead-lettered:", c.Stats().DeadLettered)
+	// Output:
+	// braked on the way: true
+	// dead-lettered: 300
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"sync"
 
 	"github.com/shardflow/shardflow/streams"
 )
@@ -105,4 +106,41 @@ func ExamplePurgeSubject() {
 	fmt.Printf("purged %d messages matching %s; %d left\n", purged, filter, left)
 	// Output:
 	// purged 3 messages matching inbound.0.acme.>; 2 left
+}
+
+// With GroupCommit, concurrent PublishBatch calls for one stream share
+// atomic batches (each call still all-or-nothing): the server's cost is
+// mostly per batch, so an HTTP edge serving many clients stores far more
+// per second.
+func ExamplePublisherConfig_groupCommit() {
+	ctx := context.Background()
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
+
+	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo, GroupCommit: 1})
+	var wg sync.WaitGroup
+	for c := range 8 { // eight concurrent requests of 50 events
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var batch []streams.Message
+			for i := range 50 {
+				batch = append(batch, streams.Message{
+					Subject:    streams.Subject{Kind: streams.KindInbound, Shard: 0, Account: "acme", Type: "track"},
+					ID:         streams.MessageID("acme", 1, fmt.Sprintf("c%d-m%d", c, i)),
+					Generation: 1,
+					Data:       []byte(`{"type":"track","userId":"u1","event":"Page Viewed"}`),
+				})
+			}
+			if err := pub.PublishBatch(ctx, batch); err != nil {
+				log.Fatal(err)
+			}
+		}()
+	}
+	wg.Wait()
+	s, _ := js.Stream(ctx, "INBOUND_0")
+	info, _ := s.Info(ctx)
+	fmt.Printf("INBOUND_0 holds %d messages\n", info.State.Msgs)
+	// Output:
+	// INBOUND_0 holds 400 messages
 }
