@@ -72,7 +72,7 @@ func runIsolation(ctx context.Context, s *Suite, sc *Scenario) error {
 		fAHang = "account while another account's receiver hangs (same shard)"
 	)
 	sc.Declare(fSolo, "events/s", "", nil)
-	sc.Declare(fFlood, "events/s", fSolo, nil)
+	sc.Declare(fFlood, "events/s", fSolo, RatioAtLeast(0.90))
 	sc.Declare("machine CPU busy, healthy shard saturated and the other flooded", "%", "", nil)
 	for _, name := range []string{"ingest", "processor", "sender", "deadletter"} {
 		sc.Declare("CPU of "+name+", healthy shard saturated and the other flooded", "% of machine", "", nil)
