@@ -161,6 +161,8 @@ type Consumer struct {
 	slots   []slot
 	lastErr atomic.Pointer[error]
 	brake   brakeState
+	pub     *Publisher       // builds what Forward publishes
+	fwd     chan *forwarding // Forward outcomes waiting for their publish acks
 
 	// queued holds the messages fetched and waiting for a handler
 	// goroutine, with when they were fetched: keepAlive covers them too, or
@@ -233,6 +235,9 @@ func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 	}
 	c.cfg.Brake.Rate = cmp.Or(cfg.Brake.Rate, 200)
 	c.brake.cfg = c.cfg.Brake
+	if c.pub, err = NewPublisher(PublisherConfig{JetStream: cfg.JetStream, Topology: cfg.Topology, TracerProvider: cfg.TracerProvider}); err != nil {
+		return nil, err
+	}
 	c.slots = make([]slot, c.cfg.Concurrency)
 	c.m, err = newStageMetrics(cfg.MeterProvider, c)
 	if err != nil {
@@ -283,6 +288,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	hctx, hcancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer hcancel(ErrStopped)
 
+	c.fwd = make(chan *forwarding, c.cfg.MaxInFlight)
+	fwdDone := make(chan struct{})
+	go c.forwarder(c.fwd, fwdDone)
 	var wg sync.WaitGroup
 	for i := range c.cfg.Concurrency {
 		wg.Add(1)
@@ -300,7 +308,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 	close(work)
 
 	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	go func() {
+		wg.Wait()
+		// Every handler is done: what they forwarded is acked or retried
+		// before Run returns.
+		close(c.fwd)
+		<-fwdDone
+		close(done)
+	}()
 	select {
 	case <-done:
 	case <-time.After(c.cfg.StopTimeout):
@@ -481,7 +496,12 @@ func (c *Consumer) keepAlive(ctx context.Context, done chan<- struct{}) {
 }
 
 func (c *Consumer) handle(ctx context.Context, s *slot, m *Msg) {
-	defer c.release(m)
+	handedOff := false // to the forwarder, which releases m
+	defer func() {
+		if !handedOff {
+			c.release(m)
+		}
+	}()
 	s.mu.Lock()
 	s.msg, s.since = m.raw, time.Now()
 	s.mu.Unlock()
@@ -501,20 +521,6 @@ func (c *Consumer) handle(ctx context.Context, s *slot, m *Msg) {
 	}
 
 	ctx = ExtractTrace(ctx, m.Header)
-	attrs := []attribute.KeyValue{
-		attrSystemNATS,
-		semconv.MessagingOperationTypeProcess,
-		semconv.MessagingOperationName("process"),
-		semconv.MessagingConsumerGroupName(c.spec.Name),
-		semconv.MessagingDestinationSubscriptionName(c.spec.Name),
-		semconv.MessagingDestinationName(m.raw.Subject()),
-		semconv.MessagingMessageID(m.ID),
-		attribute.String("messaging.nats.stream", c.stream),
-		attribute.Int64("messaging.nats.stream_sequence", int64(m.Sequence)),
-		attribute.Int("messaging.nats.delivery_count", m.Delivered),
-		attribute.Int("shardflow.shard", c.cfg.Shard),
-		attribute.String("shardflow.stage", c.spec.Name),
-	}
 	var links []trace.Link
 	if lt := m.Header.Get(HeaderLinkTraceparent); lt != "" {
 		lctx := ExtractTrace(context.Background(), nats.Header{"traceparent": []string{lt}})
@@ -522,8 +528,26 @@ func (c *Consumer) handle(ctx context.Context, s *slot, m *Msg) {
 			links = append(links, trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{attribute.String("shardflow.link", "replay_of")}})
 		}
 	}
-	ctx, span := c.tracer.Start(ctx, "process "+c.stream, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...), trace.WithLinks(links...))
+	ctx, span := c.tracer.Start(ctx, "process "+c.stream, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(links...))
 	defer span.End()
+	if span.IsRecording() {
+		// Built only for a span that is kept: a dozen attributes a message
+		// are a visible share of the runtime's cost when nothing records.
+		span.SetAttributes(
+			attrSystemNATS,
+			semconv.MessagingOperationTypeProcess,
+			semconv.MessagingOperationName("process"),
+			semconv.MessagingConsumerGroupName(c.spec.Name),
+			semconv.MessagingDestinationSubscriptionName(c.spec.Name),
+			semconv.MessagingDestinationName(m.raw.Subject()),
+			semconv.MessagingMessageID(m.ID),
+			attribute.String("messaging.nats.stream", c.stream),
+			attribute.Int64("messaging.nats.stream_sequence", int64(m.Sequence)),
+			attribute.Int("messaging.nats.delivery_count", m.Delivered),
+			attribute.Int("shardflow.shard", c.cfg.Shard),
+			attribute.String("shardflow.stage", c.spec.Name),
+		)
+	}
 	if m.Delivered > 1 {
 		c.m.redelivered.Add(ctx, 1, c.m.attrs)
 	}
@@ -541,6 +565,19 @@ func (c *Consumer) handle(ctx context.Context, s *slot, m *Msg) {
 	}
 	if m.Subject.Account != "" { // parsed by decide
 		span.SetAttributes(attribute.String("shardflow.account", m.Subject.Account))
+	}
+	if out.Kind == OutcomeForward {
+		f, failed := c.startForward(ctx, m, out.Forward)
+		if f != nil {
+			// keepAlive covers it while its publish acks are awaited.
+			c.queuedMu.Lock()
+			c.queued[m] = time.Now()
+			c.queuedMu.Unlock()
+			handedOff = true
+			c.fwd <- f
+			return
+		}
+		out = failed
 	}
 	c.apply(ctx, m, out)
 }

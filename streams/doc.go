@@ -144,6 +144,9 @@
 //	Defer(d, reason)        this message cannot be handled now, the others can: set
 //	                        aside for d (a JetStream message schedule brings a copy
 //	                        back); no attempt used
+//	Forward(msgs...)        publish msgs (asynchronously: the handler moves on at
+//	                        once), ack when JetStream stored them all; a failed
+//	                        publish is a Retry
 //
 // A panicking handler is recovered and retried (class panic); a zero
 // Outcome is retried too.

@@ -486,3 +486,44 @@ func ExampleBrake() {
 	// braked on the way: true
 	// dead-lettered: 300
 }
+
+// Forward is how a stage turns a message into others: the handler returns
+// the messages, the runtime publishes them asynchronously and acks the input
+// once JetStream stored every one — the handler does not wait per message.
+func ExampleForward() {
+	ctx := context.Background()
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
+	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
+	if _, err := pub.Publish(ctx, streams.Message{
+		Subject: streams.Subject{Kind: streams.KindInbound, Shard: 0, Account: "acme", Type: "track"},
+		ID:      streams.MessageID("acme", 1, "m1"), Data: []byte(`{"event":"Signed Up"}`),
+	}); err != nil {
+		log.Fatal(err)
+	}
+
+	c, _ := streams.NewConsumer(ctx, streams.ConsumerConfig{
+		JetStream: js, Topology: topo, Stage: streams.StageProcessor, Shard: 0,
+		Handler: func(ctx context.Context, m *streams.Msg) streams.Outcome {
+			return streams.Forward(streams.Message{
+				Subject: streams.Subject{Kind: streams.KindOutbound, Shard: 0, Account: m.Subject.Account, Type: "webhook"},
+				ID:      m.ID + ":welcome", // derived from the input's id: a retry is deduplicated
+				Data:    []byte(`{"template":"welcome"}`),
+			})
+		},
+	})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- c.Run(runCtx) }()
+	for c.Stats().Acked < 1 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	<-done
+
+	out, _ := js.Stream(ctx, "OUTBOUND_0")
+	raw, _ := out.GetMsg(ctx, 1)
+	fmt.Println(raw.Subject, raw.Header.Get("Nats-Msg-Id"), string(raw.Data))
+	// Output:
+	// outbound.0.acme.webhook acme:1:m1:welcome {"template":"welcome"}
+}

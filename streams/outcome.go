@@ -17,6 +17,7 @@ const (
 	OutcomeDrop
 	OutcomeUnavailable
 	OutcomeDefer
+	OutcomeForward
 )
 
 func (k OutcomeKind) String() string {
@@ -33,6 +34,8 @@ func (k OutcomeKind) String() string {
 		return "unavailable"
 	case OutcomeDefer:
 		return "defer"
+	case OutcomeForward:
+		return "forward"
 	}
 	return "invalid"
 }
@@ -56,13 +59,15 @@ const (
 
 // Outcome is what a Handler returns: not just an error, but what should
 // happen to the message. Build one with Ack, Retry, RetryAfter, DeadLetter,
-// Drop or Unavailable.
+// Drop, Unavailable, Defer or Forward.
 type Outcome struct {
 	Kind   OutcomeKind
 	Delay  time.Duration // RetryAfter only
 	Class  string        // DeadLetter (and Retry, when it runs out)
 	Reason string        // Drop only
 	Err    error
+	// Forward holds the messages Forward publishes before the ack.
+	Forward []Message
 }
 
 // Ack: the message's effects are committed (rows written, next publish
@@ -115,6 +120,18 @@ func Defer(d time.Duration, reason string) Outcome {
 	return Outcome{Kind: OutcomeDefer, Delay: d, Reason: reason}
 }
 
+// Forward: publish msgs, then ack — what a stage that turns a message into
+// others returns, without waiting for each publish itself. The runtime
+// builds each message as Publisher does (Nats-Msg-Id, trace context, size
+// check), publishes them asynchronously, and acks the input once JetStream
+// acknowledged every one; the handler goroutine moves on at once. If a
+// publish fails, the input is retried as with Retry (its ids must derive
+// from the input's, as with any publish from a handler: a retry republishes
+// the same ids and JetStream drops the repeats); a message that cannot be
+// built (no id, an invalid subject, over the size limit) dead-letters the
+// input as permanent.
+func Forward(msgs ...Message) Outcome { return Outcome{Kind: OutcomeForward, Forward: msgs} }
+
 func (o Outcome) String() string {
 	switch o.Kind {
 	case OutcomeRetry:
@@ -127,6 +144,8 @@ func (o Outcome) String() string {
 		return fmt.Sprintf("defer(%v, %s)", o.Delay, o.Reason)
 	case OutcomeUnavailable:
 		return fmt.Sprintf("unavailable(%v)", o.Err)
+	case OutcomeForward:
+		return fmt.Sprintf("forward(%d messages)", len(o.Forward))
 	}
 	return o.Kind.String()
 }

@@ -60,6 +60,9 @@ func StageVariants() []StageVariant {
 		{"streams, tuned", func(ctx context.Context, n *NATS, count int) (time.Duration, error) {
 			return stageStreams(ctx, n, count, StreamsTunedConcurrency, 1000)
 		}},
+		{"streams, Forward outcome", func(ctx context.Context, n *NATS, count int) (time.Duration, error) {
+			return stageStreamsForward(ctx, n, count)
+		}},
 		{"Watermill, defaults", func(ctx context.Context, n *NATS, count int) (time.Duration, error) {
 			return stageWatermill(ctx, n, count, 1, false)
 		}},
@@ -239,6 +242,41 @@ func stageStreams(ctx context.Context, n *NATS, count, concurrency, maxInFlight 
 	}
 	if f := failed.Load(); f > 0 && err == nil {
 		err = fmt.Errorf("%d publishes failed", f)
+	}
+	return el, err
+}
+
+// stageStreamsForward: streams.NewConsumer with its defaults and a handler
+// that returns streams.Forward(out): the runtime publishes asynchronously and
+// acks each input on its publish ack.
+func stageStreamsForward(ctx context.Context, n *NATS, count int) (time.Duration, error) {
+	nc, js, err := n.Connect("stage-streams-forward")
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	outSubj := streams.Subject{Kind: streams.KindOutbound, Shard: 0, Account: "bench", Type: "webhook"}
+	c, err := streams.NewConsumer(ctx, streams.ConsumerConfig{
+		JetStream: js, Topology: n.Topo, Stage: streams.StageProcessor, Shard: 0,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Handler: func(ctx context.Context, m *streams.Msg) streams.Outcome {
+			return streams.Forward(streams.Message{Subject: outSubj, ID: m.ID + ":out", Generation: m.Generation, Data: m.Data})
+		},
+	})
+	if err != nil {
+		return 0, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	runDone := make(chan error, 1)
+	start := time.Now()
+	go func() { runDone <- c.Run(rctx) }()
+	el, err := waitDrained(ctx, n, stageIn, start)
+	cancel()
+	if rerr := <-runDone; rerr != nil && err == nil {
+		err = rerr
+	}
+	if st := c.Stats(); st.Acked != int64(count) && err == nil {
+		err = fmt.Errorf("acked %d of %d (retried %d, dead-lettered %d)", st.Acked, count, st.Retried, st.DeadLettered)
 	}
 	return el, err
 }

@@ -1,0 +1,65 @@
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// forwarding is a message whose Forward outcome is being published: the
+// input is acked once every future has succeeded.
+type forwarding struct {
+	m       *Msg
+	ctx     context.Context
+	futures []jetstream.PubAckFuture
+}
+
+// startForward builds and publishes msgs asynchronously. A message that
+// cannot be built is the handler's bug, never fixed by a retry: it
+// dead-letters the input. A publish that cannot even be sent is retried.
+func (c *Consumer) startForward(ctx context.Context, m *Msg, msgs []Message) (*forwarding, Outcome) {
+	f := &forwarding{m: m, ctx: ctx, futures: make([]jetstream.PubAckFuture, 0, len(msgs))}
+	for _, out := range msgs {
+		nm, err := c.pub.build(ctx, out)
+		if err != nil {
+			return nil, DeadLetter(ClassPermanent, fmt.Errorf("forward: %w", err))
+		}
+		fut, err := c.cfg.JetStream.PublishMsgAsync(nm)
+		if err != nil {
+			return nil, Retry(fmt.Errorf("forward to %s: %w", nm.Subject, err))
+		}
+		f.futures = append(f.futures, fut)
+	}
+	return f, Outcome{}
+}
+
+// forwarder waits, in order, for each forwarding's publish acks, then acks
+// or retries its input and releases it. It ends when work is closed.
+func (c *Consumer) forwarder(work <-chan *forwarding, done chan<- struct{}) {
+	defer close(done)
+	for f := range work {
+		out := Ack()
+		timeout := time.NewTimer(c.pub.timeout)
+	wait:
+		for _, fut := range f.futures {
+			select {
+			case <-fut.Ok():
+			case err := <-fut.Err():
+				out = Retry(fmt.Errorf("forward to %s: %w", fut.Msg().Subject, err))
+				break wait
+			case <-timeout.C:
+				out = Retry(fmt.Errorf("forward to %s: %w", fut.Msg().Subject, errors.New("no publish acknowledgement in time")))
+				break wait
+			}
+		}
+		timeout.Stop()
+		c.queuedMu.Lock()
+		delete(c.queued, f.m)
+		c.queuedMu.Unlock()
+		c.apply(f.ctx, f.m, out)
+		c.release(f.m)
+	}
+}
