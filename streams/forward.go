@@ -12,16 +12,17 @@ import (
 // forwarding is a message whose Forward outcome is being published: the
 // input is acked once every future has succeeded.
 type forwarding struct {
-	m       *Msg
-	ctx     context.Context
-	futures []jetstream.PubAckFuture
+	m        *Msg
+	ctx      context.Context
+	futures  []jetstream.PubAckFuture
+	deadline time.Time // the publish acks are awaited until then
 }
 
 // startForward builds and publishes msgs asynchronously. A message that
 // cannot be built is the handler's bug, never fixed by a retry: it
 // dead-letters the input. A publish that cannot even be sent is retried.
 func (c *Consumer) startForward(ctx context.Context, m *Msg, msgs []Message) (*forwarding, Outcome) {
-	f := &forwarding{m: m, ctx: ctx, futures: make([]jetstream.PubAckFuture, 0, len(msgs))}
+	f := &forwarding{m: m, ctx: ctx, futures: make([]jetstream.PubAckFuture, 0, len(msgs)), deadline: time.Now().Add(c.pub.timeout)}
 	for _, out := range msgs {
 		nm, err := c.pub.build(ctx, out)
 		if err != nil {
@@ -42,7 +43,10 @@ func (c *Consumer) forwarder(work <-chan *forwarding, done chan<- struct{}) {
 	defer close(done)
 	for f := range work {
 		out := Ack()
-		timeout := time.NewTimer(c.pub.timeout)
+		// A deadline from when the publishes went out, not from when this
+		// wait began: with the server gone, every queued forwarding gives
+		// up within one timeout, not one timeout each in turn.
+		timeout := time.NewTimer(time.Until(f.deadline))
 	wait:
 		for _, fut := range f.futures {
 			select {
