@@ -242,7 +242,7 @@ func (s *Suite) profileStage(ctx context.Context, dir string, rep *ProfileReport
 		f.Close()
 		return err
 	}
-	_, err = stageStreams(ctx, n, count, StreamsTunedConcurrency, 1000)
+	_, err = stageStreams(ctx, n, count, StreamsTunedConcurrency, 1000, false)
 	pprof.StopCPUProfile()
 	f.Close()
 	if err != nil {

@@ -55,13 +55,13 @@ func StageVariants() []StageVariant {
 			return stageRaw(ctx, n, count, true)
 		}},
 		{"streams, defaults", func(ctx context.Context, n *NATS, count int) (time.Duration, error) {
-			return stageStreams(ctx, n, count, 0, 0)
+			return stageStreams(ctx, n, count, 0, 0, false)
 		}},
 		{"streams, tuned", func(ctx context.Context, n *NATS, count int) (time.Duration, error) {
-			return stageStreams(ctx, n, count, StreamsTunedConcurrency, 1000)
+			return stageStreams(ctx, n, count, StreamsTunedConcurrency, 1000, false)
 		}},
 		{"streams, Forward outcome", func(ctx context.Context, n *NATS, count int) (time.Duration, error) {
-			return stageStreamsForward(ctx, n, count)
+			return stageStreams(ctx, n, count, 0, 0, true)
 		}},
 		{"Watermill, defaults", func(ctx context.Context, n *NATS, count int) (time.Duration, error) {
 			return stageWatermill(ctx, n, count, 1, false)
@@ -201,10 +201,12 @@ func stageRaw(ctx context.Context, n *NATS, count int, withID bool) (time.Durati
 }
 
 // stageStreams: streams.NewConsumer with a handler that publishes through
-// Publisher.Publish (which waits for the ack) and returns Ack.
-// concurrency/maxInFlight 0 keep the runtime's defaults (64 handler
-// goroutines, the consumer's MaxAckPending).
-func stageStreams(ctx context.Context, n *NATS, count, concurrency, maxInFlight int) (time.Duration, error) {
+// Publisher.Publish (which waits for the ack) and returns Ack, or, with
+// forward, returns streams.Forward(out) (the runtime publishes
+// asynchronously and acks on the publish ack). concurrency/maxInFlight 0
+// keep the runtime's defaults (64 handler goroutines, the consumer's
+// MaxAckPending).
+func stageStreams(ctx context.Context, n *NATS, count, concurrency, maxInFlight int, forward bool) (time.Duration, error) {
 	nc, js, err := n.Connect("stage-streams")
 	if err != nil {
 		return 0, err
@@ -221,7 +223,11 @@ func stageStreams(ctx context.Context, n *NATS, count, concurrency, maxInFlight 
 		Concurrency: concurrency, MaxInFlight: maxInFlight,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Handler: func(ctx context.Context, m *streams.Msg) streams.Outcome {
-			if _, err := pub.Publish(ctx, streams.Message{Subject: outSubj, ID: m.ID + ":out", Generation: m.Generation, Data: m.Data}); err != nil {
+			out := streams.Message{Subject: outSubj, ID: m.ID + ":out", Generation: m.Generation, Data: m.Data}
+			if forward {
+				return streams.Forward(out)
+			}
+			if _, err := pub.Publish(ctx, out); err != nil {
 				failed.Add(1)
 				return streams.Retry(err)
 			}
@@ -242,38 +248,6 @@ func stageStreams(ctx context.Context, n *NATS, count, concurrency, maxInFlight 
 	}
 	if f := failed.Load(); f > 0 && err == nil {
 		err = fmt.Errorf("%d publishes failed", f)
-	}
-	return el, err
-}
-
-// stageStreamsForward: streams.NewConsumer with its defaults and a handler
-// that returns streams.Forward(out): the runtime publishes asynchronously and
-// acks each input on its publish ack.
-func stageStreamsForward(ctx context.Context, n *NATS, count int) (time.Duration, error) {
-	nc, js, err := n.Connect("stage-streams-forward")
-	if err != nil {
-		return 0, err
-	}
-	defer nc.Close()
-	outSubj := streams.Subject{Kind: streams.KindOutbound, Shard: 0, Account: "bench", Type: "webhook"}
-	c, err := streams.NewConsumer(ctx, streams.ConsumerConfig{
-		JetStream: js, Topology: n.Topo, Stage: streams.StageProcessor, Shard: 0,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Handler: func(ctx context.Context, m *streams.Msg) streams.Outcome {
-			return streams.Forward(streams.Message{Subject: outSubj, ID: m.ID + ":out", Generation: m.Generation, Data: m.Data})
-		},
-	})
-	if err != nil {
-		return 0, err
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	runDone := make(chan error, 1)
-	start := time.Now()
-	go func() { runDone <- c.Run(rctx) }()
-	el, err := waitDrained(ctx, n, stageIn, start)
-	cancel()
-	if rerr := <-runDone; rerr != nil && err == nil {
-		err = rerr
 	}
 	if st := c.Stats(); st.Acked != int64(count) && err == nil {
 		err = fmt.Errorf("acked %d of %d (retried %d, dead-lettered %d)", st.Acked, count, st.Retried, st.DeadLettered)
