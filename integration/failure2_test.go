@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -246,6 +247,18 @@ func TestShardIsolation(t *testing.T) {
 			t.Fatal("send refused")
 		}
 	}
+	// Nearly everything shard 0's processor handles is dead-lettered: its
+	// brake engages, and shard 1's does not.
+	harness.Eventually(t, 30*time.Second, func() error {
+		m := s.Proc("processor").Metrics()
+		if !braked(m, 0) {
+			return fmt.Errorf("shard 0's processor is not braked")
+		}
+		if braked(m, 1) {
+			t.Fatal("shard 1's processor is braked")
+		}
+		return nil
+	})
 	start := time.Now()
 	for i := 0; i < 2000; i += 100 {
 		if code, _ := s.Send("/v1/batch", good.WriteKey, harness.TrackBatch("Signed Up", "g", i, 100)); code != 200 {
@@ -269,6 +282,18 @@ func TestShardIsolation(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// braked reports whether the processor's metrics text says its consumer of
+// shard is braked.
+func braked(metrics string, shard int) bool {
+	for _, line := range strings.Split(metrics, "\n") {
+		if strings.HasPrefix(line, "shardflow_stage_braked{") && strings.Contains(line, fmt.Sprintf(`shard="%d"`, shard)) &&
+			strings.Contains(line, `stage="processor"`) && strings.HasSuffix(line, " 1") {
+			return true
+		}
+	}
+	return false
 }
 
 // TestSlowReceiverDoesNotStallTheShard: account A's receiver hangs until the
