@@ -95,6 +95,17 @@ func New(t testing.TB, opts Options) *Stack {
 	s.port = FreePort(t)
 	s.StartNATS()
 	t.Cleanup(s.stopAll)
+	// A failed test shows the end of every service's log (the log files go
+	// with the test's temporary directory): a flake is diagnosed from its
+	// first failure.
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for name, p := range s.procs {
+			t.Logf("--- %s log, last 80 lines:\n%s", name, tail(p.Log(), 80))
+		}
+	})
 	var err error
 	s.NC, err = nats.Connect(s.NATSURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
