@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -18,16 +19,22 @@ type forwarding struct {
 	deadline time.Time // the publish acks are awaited until then
 }
 
-// startForward builds and publishes msgs asynchronously. A message that
-// cannot be built is the handler's bug, never fixed by a retry: it
-// dead-letters the input. A publish that cannot even be sent is retried.
+// startForward builds msgs, then publishes them asynchronously. A message
+// that cannot be built is the handler's bug, never fixed by a retry: it
+// dead-letters the input, and none of its messages is published (all are
+// built before the first goes out). A publish that cannot even be sent is
+// retried; what went out before it is republished with the same ids.
 func (c *Consumer) startForward(ctx context.Context, m *Msg, msgs []Message) (*forwarding, Outcome) {
-	f := &forwarding{m: m, ctx: ctx, futures: make([]jetstream.PubAckFuture, 0, len(msgs)), deadline: time.Now().Add(c.pub.timeout)}
-	for _, out := range msgs {
+	built := make([]*nats.Msg, len(msgs))
+	for i, out := range msgs {
 		nm, err := c.pub.build(ctx, out)
 		if err != nil {
 			return nil, DeadLetter(ClassPermanent, fmt.Errorf("forward: %w", err))
 		}
+		built[i] = nm
+	}
+	f := &forwarding{m: m, ctx: ctx, futures: make([]jetstream.PubAckFuture, 0, len(built)), deadline: time.Now().Add(c.pub.timeout)}
+	for _, nm := range built {
 		fut, err := c.cfg.JetStream.PublishMsgAsync(nm)
 		if err != nil {
 			return nil, Retry(fmt.Errorf("forward to %s: %w", nm.Subject, err))

@@ -32,7 +32,11 @@ func TestConsumerForwardPublishesThenAcks(t *testing.T) {
 		case "lost":
 			out.Subject.Shard = 9 // no stream listens: every publish fails
 		case "noid":
-			out.ID = ""
+			// A valid message and one that cannot be built: neither may
+			// be published (the input is dead-lettered whole).
+			bad := out
+			bad.ID = ""
+			return streams.Forward(out, bad)
 		}
 		return streams.Forward(out)
 	}})
@@ -45,7 +49,7 @@ func TestConsumerForwardPublishesThenAcks(t *testing.T) {
 		return nil
 	})
 	if got := streamMsgs(t, e.js, "OUTBOUND_0"); got != n {
-		t.Fatalf("OUTBOUND_0 holds %d, want %d", got, n)
+		t.Fatalf("OUTBOUND_0 holds %d, want %d (nothing of the input that could not be forwarded whole)", got, n)
 	}
 	if got := streamMsgs(t, e.js, "INBOUND_0"); got != 0 {
 		t.Fatalf("INBOUND_0 still holds %d", got)
