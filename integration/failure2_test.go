@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strings"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -251,10 +251,10 @@ func TestShardIsolation(t *testing.T) {
 	// brake engages, and shard 1's does not.
 	harness.Eventually(t, 30*time.Second, func() error {
 		m := s.Proc("processor").Metrics()
-		if !braked(m, 0) {
+		if !braked(t, m, 0) {
 			return fmt.Errorf("shard 0's processor is not braked")
 		}
-		if braked(m, 1) {
+		if braked(t, m, 1) {
 			t.Fatal("shard 1's processor is braked")
 		}
 		return nil
@@ -284,16 +284,15 @@ func TestShardIsolation(t *testing.T) {
 	})
 }
 
-// braked reports whether the processor's metrics text says its consumer of
-// shard is braked.
-func braked(metrics string, shard int) bool {
-	for _, line := range strings.Split(metrics, "\n") {
-		if strings.HasPrefix(line, "shardflow_stage_braked{") && strings.Contains(line, fmt.Sprintf(`shard="%d"`, shard)) &&
-			strings.Contains(line, `stage="processor"`) && strings.HasSuffix(line, " 1") {
-			return true
-		}
+// braked reports whether the processor's metrics say its consumer of shard
+// is braked.
+func braked(t *testing.T, metrics string, shard int) bool {
+	t.Helper()
+	samples, err := parseProm(metrics)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return false
+	return sum(samples, "shardflow_stage_braked", map[string]string{"shard": strconv.Itoa(shard), "stage": "processor"}) == 1
 }
 
 // TestSlowReceiverDoesNotStallTheShard: account A's receiver hangs until the
