@@ -2,11 +2,15 @@ package streams_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/shardflow/shardflow/streams"
 )
@@ -70,5 +74,127 @@ func TestConsumerRefusesBadBrake(t *testing.T) {
 		if err == nil {
 			t.Errorf("Brake %+v accepted", b)
 		}
+	}
+}
+
+// With Announce, an account whose own messages nearly all end
+// dead-lettered is announced braked — while the consumer, half of whose
+// messages succeed, is not — the healthy account of the same shard never
+// is, and the account is announced released when its messages succeed
+// again and when the consumer stops.
+func TestConsumerAnnouncesTheAccountWhosePoisonItBrakes(t *testing.T) {
+	e := setup(t, fastTopology())
+	w, err := streams.WatchBrakes(e.nc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var mu sync.Mutex
+	last := map[string]streams.BrakeAdvisory{}
+	sub, err := e.nc.Subscribe(streams.BrakeSubjectAll, func(m *nats.Msg) {
+		var a streams.BrakeAdvisory
+		if err := json.Unmarshal(m.Data, &a); err != nil {
+			t.Errorf("advisory %q: %v", m.Data, err)
+			return
+		}
+		if m.Subject != streams.BrakeSubject(0, a.Account) {
+			t.Errorf("advisory for %s on %s", a.Account, m.Subject)
+		}
+		mu.Lock()
+		last[a.Account] = a
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	var badHealed atomic.Bool
+	c := newConsumer(t, e, streams.ConsumerConfig{Shard: 0, Brake: streams.Brake{Above: 0.9, Announce: true},
+		Handler: func(ctx context.Context, m *streams.Msg) streams.Outcome {
+			if m.Subject.Account == "bad" && !badHealed.Load() {
+				return streams.DeadLetter(streams.ClassSchemaInvalid, errors.New("poison"))
+			}
+			return streams.Ack()
+		}})
+	stop := run(t, c)
+	mixed := func(from, n int) {
+		p := e.publisher(t)
+		var batch []streams.Message
+		for i := from; i < from+n; i++ {
+			for _, acct := range []string{"bad", "good"} {
+				batch = append(batch, streams.Message{
+					Subject: streams.Subject{Kind: streams.KindInbound, Shard: 0, Account: acct, Type: "track"},
+					ID:      streams.MessageID(acct, 1, fmt.Sprintf("m%d", i)), Generation: 1, Data: []byte("x"),
+				})
+			}
+		}
+		if err := p.PublishBatch(t.Context(), batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mixed(0, 300)
+	eventually(t, 10*time.Second, func() error {
+		if rate, ok := w.Braked("bad"); !ok || rate != 200 {
+			return fmt.Errorf("bad: braked %v at %v/s, want braked at the consumer's rate 200/s", ok, rate)
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, func() error {
+		if s := c.Stats(); s.Acked != 300 || s.DeadLettered != 300 {
+			return fmt.Errorf("%d acked, %d dead-lettered of 300 each", s.Acked, s.DeadLettered)
+		}
+		return nil
+	})
+	if _, ok := w.Braked("good"); ok {
+		t.Fatal("the healthy account of the shard is announced braked")
+	}
+	if c.Stats().Braked {
+		t.Fatal("the consumer is braked though half its messages succeed")
+	}
+
+	badHealed.Store(true)
+	mixed(300, 20)
+	eventually(t, 10*time.Second, func() error {
+		if _, ok := w.Braked("bad"); ok {
+			return errors.New("bad still braked after its messages succeed again")
+		}
+		return nil
+	})
+
+	badHealed.Store(false)
+	mixed(320, 300)
+	eventually(t, 10*time.Second, func() error {
+		if _, ok := w.Braked("bad"); !ok {
+			return errors.New("bad not braked again")
+		}
+		return nil
+	})
+	stop()
+	eventually(t, 10*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if a := last["bad"]; a.Braked {
+			return errors.New("the consumer stopped and its last advisory for bad still says braked")
+		}
+		if _, ok := w.Braked("bad"); ok {
+			return errors.New("bad still braked after the consumer stopped")
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if _, ok := last["good"]; ok {
+		t.Fatal("an advisory was sent for the healthy account")
+	}
+}
+
+func TestConsumerRefusesAnnounceWithoutBrake(t *testing.T) {
+	e := setup(t, fastTopology())
+	_, err := streams.NewConsumer(t.Context(), streams.ConsumerConfig{JetStream: e.js, Topology: e.topo, Stage: streams.StageProcessor, Shard: 0,
+		Brake:   streams.Brake{Announce: true},
+		Handler: func(context.Context, *streams.Msg) streams.Outcome { return streams.Ack() }})
+	if err == nil {
+		t.Fatal("Brake{Announce: true} without Above accepted")
 	}
 }

@@ -230,8 +230,8 @@ func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 	c.cfg.FetchWait = cmp.Or(cfg.FetchWait, 250*time.Millisecond)
 	c.cfg.ProbeInterval = cmp.Or(cfg.ProbeInterval, time.Second)
 	c.cfg.StopTimeout = cmp.Or(cfg.StopTimeout, 10*time.Second)
-	if b := cfg.Brake; b.Above < 0 || b.Above >= 1 || b.Rate < 0 {
-		return nil, fmt.Errorf("streams: Brake{Above: %v, Rate: %v}: Above must be in [0, 1) and Rate not negative", b.Above, b.Rate)
+	if b := cfg.Brake; b.Above < 0 || b.Above >= 1 || b.Rate < 0 || (b.Announce && b.Above == 0) {
+		return nil, fmt.Errorf("streams: Brake{Above: %v, Rate: %v, Announce: %v}: Above must be in [0, 1) (above 0 to announce) and Rate not negative", b.Above, b.Rate, b.Announce)
 	}
 	c.cfg.Brake.Rate = cmp.Or(cfg.Brake.Rate, 200)
 	c.brake.cfg = c.cfg.Brake
@@ -303,6 +303,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	keeperDone := make(chan struct{})
 	go c.keepAlive(ctx, keeperDone)
+	announcerDone := make(chan struct{})
+	if c.cfg.Brake.Announce {
+		go c.announceLoop(ctx, announcerDone)
+	} else {
+		close(announcerDone)
+	}
 
 	c.fetchLoop(ctx, work)
 	close(work)
@@ -324,6 +330,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		<-done
 	}
 	<-keeperDone
+	<-announcerDone
 	return nil
 }
 
@@ -657,12 +664,12 @@ func (c *Consumer) apply(ctx context.Context, m *Msg, out Outcome) {
 		}
 		c.acked.Add(1)
 		c.m.acked.Add(ctx, 1, c.m.attrs)
-		c.noteOutcome(ctx, false)
+		c.noteOutcome(ctx, m, false)
 	case OutcomeRetry:
 		c.noteFailure(m)
 		if m.Delivered >= c.maxDeliver {
 			c.deadLetter(ctx, m, out.Class, out.Err)
-			c.noteOutcome(ctx, true)
+			c.noteOutcome(ctx, m, true)
 			return
 		}
 		if errors.Is(out.Err, ErrStopped) || errors.Is(out.Err, context.Canceled) {
@@ -678,7 +685,7 @@ func (c *Consumer) apply(ctx context.Context, m *Msg, out Outcome) {
 	case OutcomeDeadLetter:
 		c.noteFailure(m)
 		c.deadLetter(ctx, m, out.Class, out.Err)
-		c.noteOutcome(ctx, true)
+		c.noteOutcome(ctx, m, true)
 	case OutcomeDefer:
 		if err := c.deferMsg(ctx, m, out.Delay); err != nil {
 			c.log.WarnContext(ctx, "defer failed; retrying instead", "seq", m.Sequence, "err", err)

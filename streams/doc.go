@@ -120,7 +120,11 @@
 //     Brake.Rate a second until messages succeed again, so a shard flooded
 //     with poison does not take the CPU and database it shares with other
 //     shards. Its backlog waits in the stream; every message is still
-//     dead-lettered or handled.
+//     dead-lettered or handled. With Brake.Announce it also judges each
+//     account by its own messages and announces the accounts it brakes
+//     (BrakeAdvisory, on core NATS); an ingress that watches them
+//     (WatchBrakes) slows those accounts at the source, so one account's
+//     poison stops costing the intake the shards share.
 //   - A stop is bounded: when Run's context ends, fetching stops, in-flight
 //     handlers get StopTimeout to finish, then their context is cancelled
 //     (cause ErrStopped) and what they did not finish stays unacked for the

@@ -487,6 +487,55 @@ func ExampleBrake() {
 	// dead-lettered: 300
 }
 
+// An ingress watches the brake advisories of every stage and slows the
+// accounts they name: here a stage whose messages from acme all fail
+// announces acme, and the watcher reports it braked at the stage's rate.
+func ExampleWatchBrakes() {
+	ctx := context.Background()
+	js, topo, stop := exampleServer(ctx)
+	defer stop()
+	w, err := streams.WatchBrakes(js.Conn(), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer w.Close()
+	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
+	var batch []streams.Message
+	for i := range 200 {
+		batch = append(batch, streams.Message{
+			Subject: streams.Subject{Kind: streams.KindInbound, Shard: 0, Account: "acme", Type: "identify"},
+			ID:      streams.MessageID("acme", 1, fmt.Sprintf("poison-%d", i)), Data: []byte(`{"traits":"\u0000"}`),
+		})
+	}
+	if err := pub.PublishBatch(ctx, batch); err != nil {
+		log.Fatal(err)
+	}
+	c, _ := streams.NewConsumer(ctx, streams.ConsumerConfig{
+		JetStream: js, Topology: topo, Stage: streams.StageProcessor, Shard: 0,
+		Brake: streams.Brake{Above: 0.9, Rate: 100, Announce: true},
+		Handler: func(ctx context.Context, m *streams.Msg) streams.Outcome {
+			return streams.DeadLetter(streams.ClassPermanent, errors.New("jsonb refuses \\u0000"))
+		},
+	})
+	runCtx, stopRun := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- c.Run(runCtx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	rate, braked := w.Braked("acme")
+	for !braked && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+		rate, braked = w.Braked("acme")
+	}
+	stopRun()
+	<-done
+	fmt.Printf("acme braked: %v, let through at %.0f/s\n", braked, rate)
+	_, other := w.Braked("globex")
+	fmt.Println("globex braked:", other)
+	// Output:
+	// acme braked: true, let through at 100/s
+	// globex braked: false
+}
+
 // Forward is how a stage turns a message into others: the handler returns
 // the messages, the runtime publishes them asynchronously and acks the input
 // once JetStream stored every one — the handler does not wait per message.
