@@ -95,8 +95,8 @@ const brakeWeight = 1.0 / 50
 // brakeState is a consumer's failure average and its braked pace, and,
 // with Announce, each failing account's own average.
 type brakeState struct {
-	cfg   Brake
-	mu    sync.Mutex
+	cfg Brake
+	mu  sync.Mutex
 	share
 	next  time.Time // earliest next braked fetch
 	accts map[string]*accountShare
