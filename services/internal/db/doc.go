@@ -13,6 +13,18 @@
 // Add a migration as migrations/NNNNN_description.sql with "-- +goose Up"
 // and "-- +goose Down" sections; never edit one that has been released.
 //
+// # Per-shard databases
+//
+// The main database (SHARDFLOW_DATABASE_URL) holds [MainTables]: the account
+// directory, the deletion audit and tombstones, and the dead-letter index. A
+// shard's rows ([ShardTables]: people, triggers, deliveries) live in the
+// database [ShardDSNs] names for it: its own when SHARDFLOW_SHARD_DATABASE_URLS
+// lists it ([ParseShardDSNs]), the main one otherwise. Every database gets
+// every migration; the tables it does not use stay empty (except
+// deletion_receipts, which the deletion saga writes where it deletes a
+// shard's rows). [OpenPools] opens one pool per shard, each on its shard's
+// database.
+//
 // The DSN comes from SHARDFLOW_DATABASE_URL ([DSNFromEnv]), defaulting to
 // [DefaultDSN], the local Postgres that `make postgres` starts.
 package db

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -22,16 +24,18 @@ type Pools struct {
 	shared  *pgxpool.Pool // SharedPool: every shard uses it
 }
 
-// OpenPools opens one pool for dsn per shard of shards, each of perShard
-// connections (a pool_max_conns in the DSN wins, per pool). If any cannot
-// be opened, the ones opened are closed.
-func OpenPools(ctx context.Context, dsn string, shards []int, perShard int32) (*Pools, error) {
+// OpenPools opens one pool per shard of shards, on the database dsnFor
+// names for it (ShardDSNs.For: shards sharing a database still get a pool
+// each), each of perShard connections (a pool_max_conns in the DSN wins,
+// per pool). If any cannot be opened, the ones opened are closed and the
+// error names the shard.
+func OpenPools(ctx context.Context, dsnFor func(shard int) string, shards []int, perShard int32) (*Pools, error) {
 	if len(shards) == 0 || perShard < 1 {
 		return nil, fmt.Errorf("db open pools: need shards and at least one connection each (got %d shards, %d connections)", len(shards), perShard)
 	}
 	p := &Pools{byShard: make(map[int]*pgxpool.Pool, len(shards))}
 	for _, n := range shards {
-		pool, err := openWith(ctx, dsn, perShard)
+		pool, err := openWith(ctx, dsnFor(n), perShard)
 		if err != nil {
 			p.Close()
 			return nil, fmt.Errorf("shard %d: %w", n, err)
@@ -66,18 +70,34 @@ func (p *Pools) For(shard int) *pgxpool.Pool {
 	return pool
 }
 
-// Ping checks every pool.
+// Shards returns the shards OpenPools opened pools for, in order (none
+// for SharedPool).
+func (p *Pools) Shards() []int {
+	return slices.Sorted(maps.Keys(p.byShard))
+}
+
+// Ping checks every pool; each failure names its shard and database.
 func (p *Pools) Ping(ctx context.Context) error {
 	if p.shared != nil {
 		return p.shared.Ping(ctx)
 	}
 	var errs []error
-	for n, pool := range p.byShard {
-		if err := pool.Ping(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("shard %d: %w", n, err))
-		}
+	for _, n := range p.Shards() {
+		errs = append(errs, p.PingShard(ctx, n))
 	}
 	return errors.Join(errs...)
+}
+
+// PingShard checks shard's pool. The error names the shard and its
+// database (host, port and name), so a readiness failure says whose
+// database is down.
+func (p *Pools) PingShard(ctx context.Context, shard int) error {
+	pool := p.For(shard)
+	if err := pool.Ping(ctx); err != nil {
+		c := pool.Config().ConnConfig.Config
+		return fmt.Errorf("shard %d: database %q at %s: %w", shard, c.Database, Addr(c), err)
+	}
+	return nil
 }
 
 // Close closes the pools OpenPools opened.

@@ -2,6 +2,8 @@ package db_test
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +15,7 @@ import (
 // at the database, a slow query) leaves the other shard's pool untouched.
 func TestPoolsKeepOneShardFromTakingAnothersConnections(t *testing.T) {
 	_, dsn := dbtest.New(t)
-	pools, err := db.OpenPools(t.Context(), dsn, []int{0, 2}, 2)
+	pools, err := db.OpenPools(t.Context(), func(int) string { return dsn }, []int{0, 2}, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,5 +58,45 @@ func TestPerShardSplitsTheProcessBudget(t *testing.T) {
 		if got := db.PerShard(n); got != want {
 			t.Errorf("PerShard(%d) = %d, want %d", n, got, want)
 		}
+	}
+}
+
+// Each shard's pool is opened on the database its DSN names, and a failing
+// shard is named by Ping and PingShard while the others still answer.
+func TestPoolsOpenEachShardOnItsDatabase(t *testing.T) {
+	_, dsnA := dbtest.New(t)
+	_, dsnB := dbtest.New(t)
+	dsns, err := db.ParseShardDSNs("1="+dsnB, dsnA, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pools, err := db.OpenPools(t.Context(), dsns.For, []int{0, 1, 2}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pools.Close()
+	if got := pools.Shards(); !slices.Equal(got, []int{0, 1, 2}) {
+		t.Errorf("Shards() = %v", got)
+	}
+	schema := func(shard int) string {
+		var s string
+		if err := pools.For(shard).QueryRow(t.Context(), "SELECT current_schema()").Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if schema(0) != schema(2) || schema(0) == schema(1) {
+		t.Errorf("schemas: shard 0 %s, 1 %s, 2 %s; want 1 alone on its own", schema(0), schema(1), schema(2))
+	}
+	pools.For(1).Close() // shard 1's database "goes away"
+	err = pools.Ping(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "shard 1:") || strings.Contains(err.Error(), "shard 0") || strings.Contains(err.Error(), "shard 2") {
+		t.Errorf("Ping with shard 1 down = %v; want only shard 1 named", err)
+	}
+	if err := pools.PingShard(t.Context(), 1); err == nil || !strings.Contains(err.Error(), "shard 1: database") {
+		t.Errorf("PingShard(1) = %v; want it to name shard 1 and its database", err)
+	}
+	if err := pools.PingShard(t.Context(), 0); err != nil {
+		t.Errorf("PingShard(0) with shard 1 down: %v", err)
 	}
 }

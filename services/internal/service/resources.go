@@ -23,10 +23,26 @@ func Main(name, description string, cfg any, run func(context.Context) error) {
 	}
 }
 
-// OpenDatabase runs the migrations (idempotent, safe from several
-// processes at once) and opens a pool, which Close closes; the pool is
-// also a readiness check.
+// ShardDSNs parses --shard-database-urls (SHARDFLOW_SHARD_DATABASE_URLS)
+// for the topology's shards: which database holds each shard's people,
+// triggers and deliveries. A bad entry is an error naming it and the rule
+// it breaks; the service refuses to start with it.
+func (e *Env) ShardDSNs() (db.ShardDSNs, error) {
+	dsns, err := db.ParseShardDSNs(e.Config.ShardDatabaseURLs, e.Config.DatabaseURL, e.Topo.Shards)
+	if err != nil {
+		return db.ShardDSNs{}, fmt.Errorf("%s refuses to start: %w", e.Name, err)
+	}
+	return dsns, nil
+}
+
+// OpenDatabase runs the migrations on the main database (idempotent, safe
+// from several processes at once) and opens a pool on it, which Close
+// closes; the pool is also a readiness check. It checks the shard database
+// configuration too, so every service using Postgres refuses a bad one.
 func (e *Env) OpenDatabase(ctx context.Context) (*pgxpool.Pool, error) {
+	if _, err := e.ShardDSNs(); err != nil {
+		return nil, err
+	}
 	if err := db.Migrate(ctx, e.Config.DatabaseURL); err != nil {
 		return nil, err
 	}
@@ -39,28 +55,67 @@ func (e *Env) OpenDatabase(ctx context.Context) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// OpenShardDatabases runs the migrations, as OpenDatabase does, and opens
-// a pool for each shard the process consumes (db.Pools: one shard's
-// handlers cannot take the others' connections), which Close closes; the
-// pools are also a readiness check.
+// OpenShardDatabases opens a pool for each shard the process consumes, on
+// that shard's database (db.Pools: one shard's handlers cannot take the
+// others' connections, and with per-shard databases one shard's outage
+// cannot reach the others), after migrating each distinct database once.
+// Close closes the pools. Each pool is a readiness check of its own,
+// "postgres-shard-<n>", whose failure names the shard and its database.
 func (e *Env) OpenShardDatabases(ctx context.Context) (*db.Pools, error) {
-	if err := db.Migrate(ctx, e.Config.DatabaseURL); err != nil {
-		return nil, err
-	}
 	shards, err := e.Config.ShardList()
 	if err != nil {
 		return nil, err
+	}
+	pools, err := e.openShardPools(ctx, shards)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range shards {
+		e.Checks.Add(fmt.Sprintf("postgres-shard-%d", n), func(ctx context.Context) error { return pools.PingShard(ctx, n) })
+	}
+	return pools, nil
+}
+
+// OpenAllShardDatabases is OpenShardDatabases for every shard of the
+// topology (the accounts service serves every account), without readiness
+// checks: one shard's database being down must not take the admin API away
+// from the accounts of the other shards; the requests that need that
+// database fail, naming its shard.
+func (e *Env) OpenAllShardDatabases(ctx context.Context) (*db.Pools, error) {
+	shards := make([]int, e.Topo.Shards)
+	for i := range shards {
+		shards[i] = i
+	}
+	return e.openShardPools(ctx, shards)
+}
+
+// openShardPools migrates each distinct database of shards once, then opens
+// a pool per shard on its database, of DBConnsPerShard connections (default:
+// the process budget split over the shards).
+func (e *Env) openShardPools(ctx context.Context, shards []int) (*db.Pools, error) {
+	dsns, err := e.ShardDSNs()
+	if err != nil {
+		return nil, err
+	}
+	for _, dsn := range dsns.Distinct(shards) {
+		if err := db.Migrate(ctx, dsn); err != nil {
+			return nil, err
+		}
 	}
 	per := e.Config.DBConnsPerShard
 	if per == 0 {
 		per = db.PerShard(len(shards))
 	}
-	pools, err := db.OpenPools(ctx, e.Config.DatabaseURL, shards, per)
+	pools, err := db.OpenPools(ctx, dsns.For, shards, per)
 	if err != nil {
 		return nil, err
 	}
 	e.onClose(pools.Close)
-	e.Checks.Add("postgres", pools.Ping)
+	for _, n := range shards {
+		if dsns.Own(n) {
+			e.Log.InfoContext(ctx, "shard has a database of its own", "shard", n, "database", db.Describe(dsns.For(n)))
+		}
+	}
 	return pools, nil
 }
 

@@ -38,9 +38,10 @@ type Common struct {
 	NATSTLSCA       string        `name:"nats-tls-ca" env:"SHARDFLOW_NATS_TLS_CA" help:"CA certificate (PEM) that signed the NATS servers' certificates."`
 	NATSTLSCert     string        `name:"nats-tls-cert" env:"SHARDFLOW_NATS_TLS_CERT" help:"Client certificate (PEM) for servers that verify clients."`
 	NATSTLSKey      string        `name:"nats-tls-key" env:"SHARDFLOW_NATS_TLS_KEY" help:"Client key (PEM) for --nats-tls-cert."`
-	DatabaseURL     string        `name:"database-url" env:"SHARDFLOW_DATABASE_URL" default:"postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable" help:"PostgreSQL DSN."`
+	DatabaseURL     string        `name:"database-url" env:"SHARDFLOW_DATABASE_URL" default:"postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable" help:"PostgreSQL DSN of the main database (accounts, deletion audit, dead-letter index; every shard's people, triggers and deliveries unless --shard-database-urls moves them)."`
 	BrakeAbove      float64       `name:"brake-above" env:"SHARDFLOW_BRAKE_ABOVE" default:"0.9" help:"Stages: a shard's consumer slows to --brake-rate while more than this share of its recent messages ends dead-lettered (0: never), so a shard flooded with poison leaves the shared CPU and database to the others."`
 	BrakeRate       float64       `name:"brake-rate" env:"SHARDFLOW_BRAKE_RATE" default:"200" help:"Stages: messages/s a braked shard's consumer fetches."`
+	BrakeAnnounce   bool          `name:"brake-announce" env:"SHARDFLOW_BRAKE_ANNOUNCE" default:"true" negatable:"" help:"Stages: also judge each account by its own messages and announce the accounts nearly all of whose messages end dead-lettered, so ingest slows them at the source (needs --brake-above > 0)."`
 	DBConnsPerShard int32         `name:"db-conns-per-shard" env:"SHARDFLOW_DB_CONNS_PER_SHARD" help:"Stages: connections of each consumed shard's own pool (default: 32 split over the consumed shards, at least 4)."`
 	Shards          int           `name:"shards" env:"SHARDFLOW_SHARDS" default:"4" help:"Number of shards in the topology."`
 	ConsumeShards   string        `name:"consume-shards" env:"SHARDFLOW_CONSUME_SHARDS" help:"Shards this instance consumes, e.g. 0,2 (default: all)."`
@@ -49,6 +50,10 @@ type Common struct {
 	HealthAddr      string        `name:"health-addr" env:"SHARDFLOW_HEALTH_ADDR" default:"127.0.0.1:0" help:"Address of /healthz, /readyz and /metrics."`
 	LogLevel        string        `name:"log-level" env:"SHARDFLOW_LOG_LEVEL" default:"info" help:"debug, info, warn or error."`
 	ShutdownTimeout time.Duration `name:"shutdown-timeout" env:"SHARDFLOW_SHUTDOWN_TIMEOUT" default:"15s" help:"Bound on a graceful stop."`
+
+	// ShardDatabaseURLs moves shards' rows (people, triggers, deliveries)
+	// to databases of their own; parsed by db.ParseShardDSNs.
+	ShardDatabaseURLs string `name:"shard-database-urls" env:"SHARDFLOW_SHARD_DATABASE_URLS" help:"Shards whose people, triggers and deliveries live in a database of their own: N=DSN entries separated by ';', e.g. 0=postgres://pg-a/shard0;2=postgres://pg-b/shard2. Shards not listed use --database-url."`
 }
 
 // Topology is the topology this configuration describes.
@@ -289,7 +294,7 @@ func (e *Env) RunStage(ctx context.Context, stage string, gate streams.AccountGa
 			JetStream: e.JS, Topology: e.Topo, Stage: stage, Shard: shard, Handler: h, Gate: gate,
 			Logger: e.Log, TracerProvider: e.Tel.TracerProvider, MeterProvider: e.Tel.MeterProvider,
 			StopTimeout: e.Config.ShutdownTimeout * 2 / 3,
-			Brake:       streams.Brake{Above: e.Config.BrakeAbove, Rate: e.Config.BrakeRate},
+			Brake:       streams.Brake{Above: e.Config.BrakeAbove, Rate: e.Config.BrakeRate, Announce: e.Config.BrakeAnnounce && e.Config.BrakeAbove > 0},
 		}
 		if tune != nil {
 			tune(&cfg)
