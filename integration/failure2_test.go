@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -242,13 +243,30 @@ func TestShardIsolation(t *testing.T) {
 	}
 	recv := harness.NewReceiver(t, secrets(t, s))
 	s.SetTrigger(good.ID, "welcome", "Signed Up", recv.URL())
-	for i := 0; i < 10_000; i += 500 {
-		if code, _ := s.Send("/v1/batch", bad.WriteKey, poisonBatch("p", i, 500)); code != 200 {
-			t.Fatal("send refused")
+	// The poison account's client behaves as an analytics SDK does: a 429
+	// means "later", and it sends the same batch again after Retry-After.
+	var refused atomic.Int64
+	flooded := make(chan error, 1)
+	go func() {
+		for i := 0; i < 10_000; i += 500 {
+			for {
+				code, body := s.Send("/v1/batch", bad.WriteKey, poisonBatch("p", i, 500))
+				if code == 200 {
+					break
+				}
+				if code != http.StatusTooManyRequests || !strings.Contains(body, "slowed") {
+					flooded <- fmt.Errorf("poison batch %d: %d %s", i/500, code, body)
+					return
+				}
+				refused.Add(1)
+				time.Sleep(time.Second) // Retry-After is at least 1 s
+			}
 		}
-	}
+		flooded <- nil
+	}()
 	// Nearly everything shard 0's processor handles is dead-lettered: its
-	// brake engages, and shard 1's does not.
+	// brake engages, and shard 1's does not; ingest slows the poison
+	// account at the source.
 	harness.Eventually(t, 30*time.Second, func() error {
 		m := s.Proc("processor").Metrics()
 		if !braked(t, m, 0) {
@@ -257,12 +275,15 @@ func TestShardIsolation(t *testing.T) {
 		if braked(t, m, 1) {
 			t.Fatal("shard 1's processor is braked")
 		}
+		if refused.Load() == 0 {
+			return fmt.Errorf("ingest has not refused the poison account yet")
+		}
 		return nil
 	})
 	start := time.Now()
 	for i := 0; i < 2000; i += 100 {
-		if code, _ := s.Send("/v1/batch", good.WriteKey, harness.TrackBatch("Signed Up", "g", i, 100)); code != 200 {
-			t.Fatal("send refused")
+		if code, body := s.Send("/v1/batch", good.WriteKey, harness.TrackBatch("Signed Up", "g", i, 100)); code != 200 {
+			t.Fatalf("healthy account's send refused: %d %s", code, body)
 		}
 	}
 	harness.Eventually(t, time.Minute, func() error {
@@ -276,12 +297,23 @@ func TestShardIsolation(t *testing.T) {
 	if n := s.StreamMsgs(streams.StreamName(streams.KindDeadLetter, 1)); n != 0 {
 		t.Fatalf("%d dead letters on the healthy shard", n)
 	}
+	// Slowed, not lost: every poison event is taken in at the brake's pace
+	// and ends dead-lettered.
+	select {
+	case err := <-flooded:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the poison account's client could not send its 10000 events within 3 minutes")
+	}
 	harness.Eventually(t, 2*time.Minute, func() error {
 		if n := deadLetters(t, s, "shard = 0"); n != 10_000 {
 			return fmt.Errorf("shard 0: %d of 10000 poison dead-lettered", n)
 		}
 		return nil
 	})
+	t.Logf("ingest refused the poison account's batches %d times (429, slowed) on the way", refused.Load())
 }
 
 // braked reports whether the processor's metrics say its consumer of shard

@@ -44,6 +44,10 @@ type Config struct {
 	// DefaultRate is the per-account ingress limit in events per second when
 	// the account sets none. Default 5000.
 	DefaultRate int
+	// Brakes, when set, names the accounts a stage brakes (nearly all their
+	// events end dead-lettered there): ingest paces them at the stage's
+	// rate, refusing the rest with 429 and Retry-After (throttle.go).
+	Brakes Brakes
 	// Logger logs failures. Default slog.Default().
 	Logger *slog.Logger
 	// Meter records accepted and rejected requests. Default: a no-op.
@@ -58,9 +62,11 @@ type Handler struct {
 	accepted metric.Int64Counter
 	rejected metric.Int64Counter
 	events   metric.Int64Counter
+	braked   metric.Int64Counter
 
 	mu       sync.Mutex
 	limiters map[string]*limiter
+	brakes   map[string]*brakeLimiter
 }
 
 type limiter struct {
@@ -83,6 +89,7 @@ func New(cfg Config) (*Handler, error) {
 		limits:   schemas.Limits{MaxEventBytes: cfg.Topology.MaxEventBytes, MaxBatchBytes: cfg.MaxBatchBytes},
 		log:      cmp.Or(cfg.Logger, slog.Default()),
 		limiters: map[string]*limiter{},
+		brakes:   map[string]*brakeLimiter{},
 	}
 	if cfg.Meter != nil {
 		var err error
@@ -93,6 +100,9 @@ func New(cfg Config) (*Handler, error) {
 			return nil, err
 		}
 		if h.events, err = cfg.Meter.Int64Counter("shardflow_ingest_events_accepted", metric.WithDescription("Events stored, by shard.")); err != nil {
+			return nil, err
+		}
+		if h.braked, err = cfg.Meter.Int64Counter("shardflow_ingest_requests_braked", metric.WithDescription("Requests refused (429) because a stage brakes the account: nearly all its events end dead-lettered. By shard.")); err != nil {
 			return nil, err
 		}
 	}
@@ -194,6 +204,9 @@ func (h *Handler) account(w http.ResponseWriter, r *http.Request, body []byte) (
 
 // allow applies the account's rate limit to n events.
 func (h *Handler) allow(w http.ResponseWriter, r *http.Request, acct streams.Account, n int) bool {
+	if !h.admitBraked(w, r, acct, n) {
+		return false
+	}
 	perS := cmp.Or(acct.RateLimit, h.cfg.DefaultRate)
 	h.mu.Lock()
 	l, ok := h.limiters[acct.ID]
@@ -240,7 +253,7 @@ func (h *Handler) single(w http.ResponseWriter, r *http.Request, typ string) {
 		return
 	}
 	acct, ok := h.account(w, r, body)
-	if !ok {
+	if !ok || !h.admitBraked(w, r, acct, 0) {
 		return
 	}
 	ev, err := schemas.DecodeEvent(typ, body, h.limits)
@@ -270,7 +283,7 @@ func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	acct, ok := h.account(w, r, body)
-	if !ok {
+	if !ok || !h.admitBraked(w, r, acct, 0) {
 		return
 	}
 	b, err := schemas.DecodeBatch(body, h.limits)

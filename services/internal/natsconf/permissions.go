@@ -109,6 +109,8 @@ func ServicePermissions(t streams.Topology, service string) (Perms, error) {
 		b.streamInfo(streams.KindInbound)
 		b.kvWatch()
 		b.shardSubjects(streams.KindInbound, "*.*")
+		// The stages' brake advisories (streams.WatchBrakes).
+		b.sub(streams.BrakeSubjectAll)
 	case Processor:
 		if err := b.stage(streams.StageProcessor); err != nil {
 			return Perms{}, err
@@ -117,6 +119,7 @@ func ServicePermissions(t streams.Topology, service string) (Perms, error) {
 		b.kvWatch()
 		b.shardSubjects(streams.KindOutbound, "*.*")
 		b.deadLetters(streams.StageProcessor)
+		b.brakeAdvisories()
 		// The parked copy of a suspended account's message and the
 		// schedule of a deferred one (streams.ConsumerConfig.Gate, Defer).
 		b.shardSubjects(streams.KindInbound, "*.held.*")
@@ -128,6 +131,7 @@ func ServicePermissions(t streams.Topology, service string) (Perms, error) {
 		b.streamInfo(streams.KindOutbound, streams.KindDeadLetter)
 		b.kvWatch()
 		b.deadLetters(streams.StageSender)
+		b.brakeAdvisories()
 		b.shardSubjects(streams.KindOutbound, "*.held.*")
 		b.shardSubjects(streams.KindOutbound, "*.deferred.*")
 	case Accounts:
@@ -263,6 +267,14 @@ func (b *builder) shardSubjects(kind streams.Kind, rest string) {
 // deadletter.<shard>.<account>.<stage>.
 func (b *builder) deadLetters(stage string) {
 	b.shardSubjects(streams.KindDeadLetter, "*."+stage)
+}
+
+// brakeAdvisories: a stage announces the accounts it brakes, per shard
+// (streams.Brake.Announce).
+func (b *builder) brakeAdvisories() {
+	for shard := range b.t.Shards {
+		b.pub(streams.BrakeSubject(shard, "*"))
+	}
 }
 
 func (b *builder) consumerInfo(c streams.ConsumerSpec) {
