@@ -40,7 +40,7 @@ func (h *Handler) brakeLimiterFor(acct streams.Account) (*brakeLimiter, float64)
 		delete(h.brakes, acct.ID)
 		return nil, 0
 	}
-	perS = max(perS, 1)
+	perS = max(perS, 0.1) // a pace, never a stop: Retry-After stays finite
 	b := h.brakes[acct.ID]
 	if b == nil || b.rate != perS {
 		// Burst: one full batch, so a batch is never refused for its size.
@@ -86,7 +86,7 @@ func (h *Handler) admitBraked(w http.ResponseWriter, r *http.Request, acct strea
 	}
 	w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(wait.Seconds())))))
 	h.fail(w, r, http.StatusTooManyRequests, fmt.Sprintf(
-		"account %s is slowed to %.0f events/s: nearly all its recent events were dead-lettered downstream (see GET /v1/deadletters?account=%s); retry later",
+		"account %s is slowed to %g events/s: nearly all its recent events were dead-lettered downstream (see GET /v1/deadletters?account=%s); retry later",
 		acct.ID, perS, acct.ID), nil)
 	return false
 }
