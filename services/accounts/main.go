@@ -56,9 +56,13 @@ func run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	shardPools, err := env.OpenAllShardDatabases(ctx)
+	if err != nil {
+		return err
+	}
 
 	scfg := accounts.Config{
-		Pool: pool, JetStream: env.JS, Topology: env.Topo, AdminToken: cfg.AdminToken,
+		Pool: pool, ShardPools: shardPools, JetStream: env.JS, Topology: env.Topo, AdminToken: cfg.AdminToken,
 		DeletionGrace: cfg.DeletionGrace, Logger: env.Log,
 		// A running saga holds one pooled connection (its advisory lock)
 		// for seconds (the grace period): leave half the pool to the API.

@@ -31,6 +31,20 @@
 // A dependency outage (Postgres unreachable, NATS disconnected) is reported
 // as streams.Unavailable, so it burns no delivery attempts.
 //
+// # Per-shard databases
+//
+// Accounts, the deletion audit, tombstones and dead letters live in the main
+// database ([Config.Pool]); an account's triggers, people and deliveries in
+// the database of its shard ([Config.ShardPools], which may be the main one).
+// PutTrigger writes the trigger in the shard's database while its main
+// transaction holds the account row FOR SHARE, committing after, so a
+// deletion cannot slip in between. The saga deletes the shard's rows with a
+// receipt of the counts in the same transaction (table deletion_receipts),
+// then the dead letters and the audit in the main database: a resume after a
+// crash between the two reads the receipt back, so the audit's counts stay
+// exact. A shard's database being down pauses only that shard's deletions
+// (streams.Unavailable) and fails only its accounts' trigger requests.
+//
 // # Test hook
 //
 // [Config.AfterStep] is called right after each step is recorded. It exists

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/shardflow/shardflow/services/internal/accounts"
+	"github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/services/internal/db/dbtest"
 	"github.com/shardflow/shardflow/streams"
 	"github.com/shardflow/shardflow/streams/natsembed"
@@ -33,15 +35,18 @@ const token = "test-admin-token"
 // nats-server and a fresh Postgres schema: the admin API on an httptest
 // server and the saga consumer on every shard.
 type harness struct {
-	t       *testing.T
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	topo    streams.Topology
-	pool    *pgxpool.Pool
-	svc     *accounts.Service
-	srv     *httptest.Server
-	dir     *streams.Directory
-	metrics *sdkmetric.ManualReader
+	t    *testing.T
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	topo streams.Topology
+	pool *pgxpool.Pool
+	// shardPools are the pools on each shard's database (shards given
+	// their own with withShardDatabase; the others on pool's database).
+	shardPools *db.Pools
+	svc        *accounts.Service
+	srv        *httptest.Server
+	dir        *streams.Directory
+	metrics    *sdkmetric.ManualReader
 
 	mu          sync.Mutex
 	maxDelivery int // highest delivery count the saga handler saw
@@ -50,6 +55,10 @@ type harness struct {
 type harnessOptions struct {
 	noSaga    bool
 	afterStep func(ctx context.Context, account string, generation int64, step string) error
+	// ownDB lists the shards whose rows get a database (a schema) of their own.
+	ownDB []int
+	// sharedPool leaves Config.ShardPools nil: every shard through Pool.
+	sharedPool bool
 }
 
 // testTopology is two shards, with a quick retry schedule for the saga.
@@ -90,13 +99,35 @@ func newHarness(t *testing.T, opts ...func(*harnessOptions)) *harness {
 	if _, err := streams.Provision(t.Context(), js, topo, nil); err != nil {
 		t.Fatal(err)
 	}
-	pool, _ := dbtest.New(t)
+	pool, dsn := dbtest.New(t)
+	spec := ""
+	for _, n := range o.ownDB {
+		_, own := dbtest.New(t)
+		spec += fmt.Sprintf("%d=%s;", n, own)
+	}
+	dsns, err := db.ParseShardDSNs(spec, dsn, topo.Shards)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := make([]int, topo.Shards)
+	for i := range all {
+		all[i] = i
+	}
+	shardPools, err := db.OpenPools(t.Context(), dsns.For, all, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(shardPools.Close)
+	cfgShardPools := shardPools
+	if o.sharedPool {
+		shardPools, cfgShardPools = db.SharedPool(pool), nil
+	}
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
 
 	svc, err := accounts.New(t.Context(), accounts.Config{
-		Pool: pool, JetStream: js, Topology: topo, AdminToken: token,
+		Pool: pool, ShardPools: cfgShardPools, JetStream: js, Topology: topo, AdminToken: token,
 		DeletionGrace: 300 * time.Millisecond, ReleaseRecheck: 100 * time.Millisecond,
 		Logger: testLogger(), Meter: mp.Meter("test"), AfterStep: o.afterStep,
 	})
@@ -111,7 +142,7 @@ func newHarness(t *testing.T, opts ...func(*harnessOptions)) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(dir.Close)
-	h := &harness{t: t, nc: nc, js: js, topo: topo, pool: pool, svc: svc, srv: hs, dir: dir, metrics: reader}
+	h := &harness{t: t, nc: nc, js: js, topo: topo, pool: pool, shardPools: shardPools, svc: svc, srv: hs, dir: dir, metrics: reader}
 	if !o.noSaga {
 		h.startSaga()
 	}
@@ -119,6 +150,15 @@ func newHarness(t *testing.T, opts ...func(*harnessOptions)) *harness {
 }
 
 func withoutSaga() func(*harnessOptions) { return func(o *harnessOptions) { o.noSaga = true } }
+
+// withSharedPool runs the service without ShardPools: every shard's rows
+// through the main pool.
+func withSharedPool() func(*harnessOptions) { return func(o *harnessOptions) { o.sharedPool = true } }
+
+// withShardDatabase gives shard a database (a schema) of its own.
+func withShardDatabase(shard int) func(*harnessOptions) {
+	return func(o *harnessOptions) { o.ownDB = append(o.ownDB, shard) }
+}
 
 func withAfterStep(f func(ctx context.Context, account string, generation int64, step string) error) func(*harnessOptions) {
 	return func(o *harnessOptions) { o.afterStep = f }
@@ -353,27 +393,45 @@ func sameShard(prefix string, shard, shards int) string {
 	}
 }
 
-// rowCount counts an account's rows in a table.
+// tablePool is the pool of the database holding table's rows of an
+// account: its shard's for people, triggers and deliveries, the main one
+// for the others.
+func (h *harness) tablePool(table, account string) *pgxpool.Pool {
+	if slices.Contains(db.ShardTables, table) {
+		return h.shardPools.For(accounts.ShardOf(account, h.topo.Shards))
+	}
+	return h.pool
+}
+
+// rowCount counts an account's rows in a table, in the database holding them.
 func (h *harness) rowCount(table, account string) int {
 	h.t.Helper()
+	return countIn(h.t, h.tablePool(table, account), table, account)
+}
+
+// countIn counts an account's rows in a table of pool's database.
+func countIn(t *testing.T, pool *pgxpool.Pool, table, account string) int {
+	t.Helper()
 	var n int
-	if err := h.pool.QueryRow(h.t.Context(), `SELECT count(*) FROM `+table+` WHERE account_id = $1`, account).Scan(&n); err != nil {
-		h.t.Fatal(err)
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM `+table+` WHERE account_id = $1`, account).Scan(&n); err != nil {
+		t.Fatal(err)
 	}
 	return n
 }
 
-// seedRows writes rows for an account: people, deliveries and dead letters.
+// seedRows writes rows for an account, each in the database holding its
+// table: people, deliveries and dead letters.
 func (h *harness) seedRows(account string, shard, people, deliveries, deadLetters int) {
 	h.t.Helper()
 	ctx := h.t.Context()
+	rows := h.shardPools.For(shard)
 	for i := range people {
-		if _, err := h.pool.Exec(ctx, `INSERT INTO people (account_id, user_id) VALUES ($1, $2)`, account, fmt.Sprintf("u%d", i)); err != nil {
+		if _, err := rows.Exec(ctx, `INSERT INTO people (account_id, user_id) VALUES ($1, $2)`, account, fmt.Sprintf("u%d", i)); err != nil {
 			h.t.Fatal(err)
 		}
 	}
 	for i := range deliveries {
-		if _, err := h.pool.Exec(ctx, `INSERT INTO deliveries (message_id, account_id, shard, channel, url, status)
+		if _, err := rows.Exec(ctx, `INSERT INTO deliveries (message_id, account_id, shard, channel, url, status)
 			VALUES ($1, $2, $3, 'webhook', 'https://example.com/hook', 'delivered')`, fmt.Sprintf("%s:1:d%d", account, i), account, shard); err != nil {
 			h.t.Fatal(err)
 		}

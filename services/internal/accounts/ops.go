@@ -378,7 +378,15 @@ func validateTrigger(t Trigger) error {
 	return nil
 }
 
-// PutTrigger creates or replaces an account's trigger.
+// PutTrigger creates or replaces an account's trigger, in the database of
+// the account's shard.
+//
+// The main database's transaction holds the account row FOR SHARE until the
+// trigger is written: a deletion (FOR UPDATE) cannot start in between, so no
+// trigger is written after the saga deleted them. The trigger's write
+// commits (in the shard's database) before that transaction does; if the
+// latter then fails, the trigger of a live account is there and the
+// client's retry writes it again.
 func (s *Service) PutTrigger(ctx context.Context, t Trigger) (Trigger, error) {
 	if err := validateID(t.Account); err != nil {
 		return t, err
@@ -388,8 +396,6 @@ func (s *Service) PutTrigger(ctx context.Context, t Trigger) (Trigger, error) {
 	}
 	var out Trigger
 	err := inTx(ctx, s.pool, func(tx pgx.Tx) error {
-		// FOR SHARE: a deletion (FOR UPDATE) cannot start in between, so no
-		// trigger is written after the saga deleted them.
 		a, err := getAccount(ctx, tx, t.Account, "FOR SHARE")
 		if errors.Is(err, pgx.ErrNoRows) {
 			return notFound(t.Account)
@@ -400,35 +406,51 @@ func (s *Service) PutTrigger(ctx context.Context, t Trigger) (Trigger, error) {
 		if a.Status == streams.StatusDeleting || a.Status == streams.StatusDeleted {
 			return errorf(http.StatusGone, "account %s is %s", a.ID, a.Status)
 		}
-		out, err = scanTrigger(tx.QueryRow(ctx, `
-			INSERT INTO triggers (account_id, name, event, channel, url) VALUES ($1, $2, $3, $4, $5)
-			ON CONFLICT (account_id, name) DO UPDATE SET event = EXCLUDED.event, channel = EXCLUDED.channel, url = EXCLUDED.url
-			RETURNING `+triggerCols, t.Account, t.Name, t.Event, t.Channel, t.URL))
+		var q querier = tx
+		if pool, isMain := s.shardPool(a.Shard); !isMain {
+			q = pool
+		}
+		out, err = upsertTrigger(ctx, q, t)
 		if err != nil {
-			return fmt.Errorf("write trigger %s of %s: %w", t.Name, t.Account, err)
+			return fmt.Errorf("shard %d database: %w", a.Shard, err)
 		}
 		return nil
 	})
 	return out, err
 }
 
-// ListTriggers lists an account's triggers by name.
+// upsertTrigger writes a trigger and returns it as stored.
+func upsertTrigger(ctx context.Context, q querier, t Trigger) (Trigger, error) {
+	out, err := scanTrigger(q.QueryRow(ctx, `
+		INSERT INTO triggers (account_id, name, event, channel, url) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (account_id, name) DO UPDATE SET event = EXCLUDED.event, channel = EXCLUDED.channel, url = EXCLUDED.url
+		RETURNING `+triggerCols, t.Account, t.Name, t.Event, t.Channel, t.URL))
+	if err != nil {
+		return out, fmt.Errorf("write trigger %s of %s: %w", t.Name, t.Account, err)
+	}
+	return out, nil
+}
+
+// ListTriggers lists an account's triggers by name, from the database of
+// the account's shard.
 func (s *Service) ListTriggers(ctx context.Context, id string) (Triggers, error) {
 	if err := validateID(id); err != nil {
 		return Triggers{}, err
 	}
-	if _, err := getAccount(ctx, s.pool, id, ""); errors.Is(err, pgx.ErrNoRows) {
+	a, err := getAccount(ctx, s.pool, id, "")
+	if errors.Is(err, pgx.ErrNoRows) {
 		return Triggers{}, notFound(id)
 	} else if err != nil {
 		return Triggers{}, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+triggerCols+` FROM triggers WHERE account_id = $1 ORDER BY name`, id)
+	pool, _ := s.shardPool(a.Shard)
+	rows, err := pool.Query(ctx, `SELECT `+triggerCols+` FROM triggers WHERE account_id = $1 ORDER BY name`, id)
 	if err != nil {
-		return Triggers{}, fmt.Errorf("list triggers of %s: %w", id, err)
+		return Triggers{}, fmt.Errorf("list triggers of %s (shard %d database): %w", id, a.Shard, err)
 	}
 	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Trigger, error) { return scanTrigger(r) })
 	if err != nil {
-		return Triggers{}, fmt.Errorf("list triggers of %s: %w", id, err)
+		return Triggers{}, fmt.Errorf("list triggers of %s (shard %d database): %w", id, a.Shard, err)
 	}
 	return Triggers{Triggers: append([]Trigger{}, list...)}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -86,7 +87,7 @@ func (s *Service) HandleEvent(ctx context.Context, m *streams.Msg) streams.Outco
 	case errors.Is(err, errBusy), ctx.Err() != nil:
 		return streams.Retry(err)
 	}
-	if dep := s.dependencyDown(ctx); dep != nil {
+	if dep := s.dependencyDown(ctx, m.Subject.Shard); dep != nil {
 		log.WarnContext(ctx, "account deletion waits for a dependency", "err", err, "dependency", dep)
 		return streams.Unavailable(dep)
 	}
@@ -94,15 +95,21 @@ func (s *Service) HandleEvent(ctx context.Context, m *streams.Msg) streams.Outco
 	return streams.Retry(err)
 }
 
-// dependencyDown returns an error when Postgres or NATS is unreachable.
-func (s *Service) dependencyDown(ctx context.Context) error {
+// dependencyDown returns an error when NATS, the main database or the
+// database of shard's rows is unreachable.
+func (s *Service) dependencyDown(ctx context.Context, shard int) error {
 	if nc := s.js.Conn(); !nc.IsConnected() {
 		return fmt.Errorf("nats: %s", nc.Status())
 	}
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := s.pool.Ping(pctx); err != nil {
-		return fmt.Errorf("postgres: %w", err)
+		return fmt.Errorf("postgres (main database): %w", err)
+	}
+	if pool, isMain := s.shardPool(shard); !isMain {
+		if err := pool.Ping(pctx); err != nil {
+			return fmt.Errorf("postgres (shard %d database): %w", shard, err)
+		}
 	}
 	return nil
 }
@@ -114,9 +121,13 @@ func lockKey(id string) int64 {
 	return int64(h.Sum64())
 }
 
-// saga is one run of the deletion saga. All its Postgres work goes through
-// conn, the connection holding the advisory lock, so a saga never needs a
-// second pooled connection (no pool exhaustion however many run at once).
+// saga is one run of the deletion saga. All its work in the main database
+// goes through conn, the connection holding the advisory lock, so a saga
+// never needs a second connection from the main pool (no pool exhaustion
+// however many run at once). Its work in the shard's database (deleting
+// people, triggers and deliveries) takes a connection of the shard's own
+// pool for one transaction, or goes through conn when the shard's rows are
+// in the main pool's database.
 type saga struct {
 	s    *Service
 	conn *pgxpool.Conn
@@ -280,18 +291,68 @@ func (sg *saga) purge(ctx context.Context) error {
 	return sg.save(ctx, sg.conn)
 }
 
-// deleteRows deletes the account's rows and records the counts in the same
-// transaction, so they are exact whatever crashes.
+// deleteRows deletes the account's rows and records the counts.
 func (sg *saga) deleteRows(ctx context.Context) error {
+	return sg.deleteRowsStep(ctx, StepRowsDeleted, func(counts map[string]int64) { sg.d.Audit.RowsDeleted = counts })
+}
+
+// deleteRowsStep deletes the account's rows in two databases and finishes
+// step with their counts, exact whatever crashes:
+//
+//  1. in the shard's database, people, triggers and deliveries, with a
+//     receipt of the counts (deletion_receipts) in the same transaction;
+//     a resumed saga that finds the receipt takes its counts and deletes
+//     nothing there, so a crash between the two databases' commits loses no
+//     count and counts no row twice (rows written after the receipt, by
+//     handlers in flight, are the second purge's to delete);
+//  2. in the main database, dead letters, and the audit with every count
+//     and the step finished, in one transaction.
+func (sg *saga) deleteRowsStep(ctx context.Context, step string, record func(map[string]int64)) error {
+	counts, err := sg.deleteShardRows(ctx, step)
+	if err != nil {
+		return err
+	}
+	if hook := sg.s.afterShardRowsDeleted; hook != nil {
+		if err := hook(step); err != nil {
+			return err
+		}
+	}
 	return inTx(ctx, sg.conn, func(tx pgx.Tx) error {
-		counts, err := deleteRows(ctx, tx, sg.id)
+		mainCounts, err := deleteRows(ctx, tx, sg.id, mainAccountTables)
 		if err != nil {
 			return err
 		}
-		sg.d.Audit.RowsDeleted = counts
-		sg.done(StepRowsDeleted)
+		maps.Copy(counts, mainCounts)
+		record(counts)
+		sg.done(step)
 		return sg.save(ctx, tx)
 	})
+}
+
+// deleteShardRows deletes the account's rows in its shard's database once
+// per step, returning the counts: those of this deletion, or those its
+// receipt recorded when an earlier attempt already committed it.
+func (sg *saga) deleteShardRows(ctx context.Context, step string) (map[string]int64, error) {
+	var q txBeginner = sg.conn
+	if pool, isMain := sg.s.shardPool(sg.a.Shard); !isMain {
+		q = pool
+	}
+	var counts map[string]int64
+	err := inTx(ctx, q, func(tx pgx.Tx) error {
+		var found bool
+		var err error
+		if counts, found, err = readReceipt(ctx, tx, sg.id, sg.d.Generation, step); err != nil || found {
+			return err
+		}
+		if counts, err = deleteRows(ctx, tx, sg.id, shardAccountTables); err != nil {
+			return err
+		}
+		return writeReceipt(ctx, tx, sg.id, sg.d.Generation, step, counts)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("shard %d database: %w", sg.a.Shard, err)
+	}
+	return counts, nil
 }
 
 // verify checks that nothing of the account is left in the purged streams
@@ -367,15 +428,7 @@ func (sg *saga) secondPurge(ctx context.Context) error {
 	if err := sg.purgeAll(ctx, sg.d.Audit.SecondPurge); err != nil {
 		return err
 	}
-	return inTx(ctx, sg.conn, func(tx pgx.Tx) error {
-		counts, err := deleteRows(ctx, tx, sg.id)
-		if err != nil {
-			return err
-		}
-		sg.d.Audit.LateRowsDeleted = counts
-		sg.done(StepSecondPurge)
-		return sg.save(ctx, tx)
-	})
+	return sg.deleteRowsStep(ctx, StepSecondPurge, func(counts map[string]int64) { sg.d.Audit.LateRowsDeleted = counts })
 }
 
 // finish marks the account deleted, keeps a tombstone, writes the directory

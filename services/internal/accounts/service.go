@@ -20,14 +20,20 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/shardflow/shardflow/schemas"
+	"github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/streams"
 )
 
 // Config configures the accounts service.
 type Config struct {
-	// Pool is the Postgres pool (accounts, triggers, the tables the saga
-	// clears, the deletion audit). Required.
+	// Pool is the main database's pool (accounts, the deletion audit and
+	// tombstones, the dead-letter index). Required.
 	Pool *pgxpool.Pool
+	// ShardPools holds each shard's pool on the database of its people,
+	// triggers and deliveries (service.Env.OpenAllShardDatabases): every
+	// shard of the topology. Nil: every shard's rows are in Pool's database
+	// and go through Pool.
+	ShardPools *db.Pools
 	// JetStream is the client for the directory, lifecycle events, purges
 	// and held-message release; its connection (JetStream.Conn()) sends the
 	// purge requests. Required.
@@ -70,14 +76,20 @@ type Config struct {
 type Service struct {
 	cfg  Config
 	pool *pgxpool.Pool
-	js   jetstream.JetStream
-	kv   jetstream.KeyValue
-	pub  *streams.Publisher
-	topo streams.Topology
-	log  *slog.Logger
-	met  *sagaMetrics
+	// shards gives each shard's pool (Pool itself for every shard when
+	// Config.ShardPools is nil).
+	shards *db.Pools
+	js     jetstream.JetStream
+	kv     jetstream.KeyValue
+	pub    *streams.Publisher
+	topo   streams.Topology
+	log    *slog.Logger
+	met    *sagaMetrics
 	// sagas holds a token per running saga (MaxConcurrentSagas).
 	sagas chan struct{}
+	// afterShardRowsDeleted, when set (tests only), is called between the
+	// shard database's commit and the main one's in a row-deleting step.
+	afterShardRowsDeleted func(step string) error
 
 	bg       context.Context
 	bgCancel context.CancelFunc
@@ -124,9 +136,13 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("accounts: metrics: %w", err)
 	}
+	shards := cfg.ShardPools
+	if shards == nil {
+		shards = db.SharedPool(cfg.Pool)
+	}
 	bg, cancel := context.WithCancel(context.Background())
 	return &Service{
-		cfg: cfg, pool: cfg.Pool, js: cfg.JetStream, kv: kv, pub: pub, topo: cfg.Topology,
+		cfg: cfg, pool: cfg.Pool, shards: shards, js: cfg.JetStream, kv: kv, pub: pub, topo: cfg.Topology,
 		log: cfg.Logger.With("component", "accounts"), met: met, sagas: make(chan struct{}, cfg.MaxConcurrentSagas),
 		bg: bg, bgCancel: cancel,
 	}, nil
@@ -181,10 +197,8 @@ func (s *Service) publishEvent(ctx context.Context, a row, typ, key string) erro
 }
 
 // inTx runs fn in a transaction on q's pool or connection.
-func inTx(ctx context.Context, db interface {
-	Begin(context.Context) (pgx.Tx, error)
-}, fn func(tx pgx.Tx) error) error {
-	tx, err := db.Begin(ctx)
+func inTx(ctx context.Context, q txBeginner, fn func(tx pgx.Tx) error) error {
+	tx, err := q.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
@@ -196,6 +210,23 @@ func inTx(ctx context.Context, db interface {
 		return fmt.Errorf("commit: %w", err)
 	}
 	return nil
+}
+
+// txBeginner is what a pool and a pooled connection offer to run a
+// transaction.
+type txBeginner interface {
+	Begin(context.Context) (pgx.Tx, error)
+}
+
+// shardPool returns the pool of the database holding shard's people,
+// triggers and deliveries, and whether it is the main pool itself (every
+// shard in the main database, Config.ShardPools nil): then a caller holding
+// a main connection must use that connection, not take a second one from
+// the same pool (enough callers doing that at once would exhaust it and
+// wait for each other for ever).
+func (s *Service) shardPool(shard int) (pool *pgxpool.Pool, isMain bool) {
+	p := s.shards.For(shard)
+	return p, p == s.pool
 }
 
 func randomHex(n int) string {

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/shardflow/shardflow/services/internal/db"
 	"github.com/shardflow/shardflow/streams"
 )
 
@@ -153,15 +154,20 @@ func scanTrigger(r pgx.Row) (Trigger, error) {
 	return t, err
 }
 
-// accountTables are the tables holding an account's data, deleted by the
-// saga. (triggers references accounts; the account row itself is kept, with
-// status deleted, next to its tombstone.)
-var accountTables = []string{"people", "triggers", "deliveries", "dead_letters"}
+// The tables holding an account's data, deleted by the saga: those of its
+// shard's database (db.ShardTables) and those of the main one (the
+// dead-letter index). The account row itself is kept, with status deleted,
+// next to its tombstone.
+var (
+	shardAccountTables = db.ShardTables
+	mainAccountTables  = []string{"dead_letters"}
+)
 
-// deleteRows deletes an account's rows from every table in accountTables.
-func deleteRows(ctx context.Context, q querier, id string) (map[string]int64, error) {
-	out := make(map[string]int64, len(accountTables))
-	for _, table := range accountTables {
+// deleteRows deletes an account's rows from each of tables and returns the
+// counts by table.
+func deleteRows(ctx context.Context, q querier, id string, tables []string) (map[string]int64, error) {
+	out := make(map[string]int64, len(tables))
+	for _, table := range tables {
 		tag, err := q.Exec(ctx, `DELETE FROM `+pgx.Identifier{table}.Sanitize()+` WHERE account_id = $1`, id)
 		if err != nil {
 			return nil, fmt.Errorf("delete %s rows of %s: %w", table, id, err)
@@ -169,4 +175,39 @@ func deleteRows(ctx context.Context, q querier, id string) (map[string]int64, er
 		out[table] = tag.RowsAffected()
 	}
 	return out, nil
+}
+
+// readReceipt returns the counts a deletion step recorded in a shard's
+// database (deletion_receipts), and whether there is one.
+func readReceipt(ctx context.Context, q querier, id string, gen int64, step string) (map[string]int64, bool, error) {
+	var b []byte
+	err := q.QueryRow(ctx, `SELECT rows FROM deletion_receipts WHERE account_id = $1 AND generation = $2 AND phase = $3`,
+		id, gen, step).Scan(&b)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read deletion receipt of %s generation %d, %s: %w", id, gen, step, err)
+	}
+	counts := map[string]int64{}
+	if err := json.Unmarshal(b, &counts); err != nil {
+		return nil, false, fmt.Errorf("decode deletion receipt of %s generation %d, %s: %w", id, gen, step, err)
+	}
+	return counts, true, nil
+}
+
+// writeReceipt records what a deletion step deleted, in the transaction
+// that deleted it. A receipt already there (a second worker that lost the
+// advisory lock's session and raced this one) is a conflict: the
+// transaction fails and the retry reads the receipt instead.
+func writeReceipt(ctx context.Context, q querier, id string, gen int64, step string, counts map[string]int64) error {
+	b, err := json.Marshal(counts)
+	if err != nil {
+		return err
+	}
+	if _, err := q.Exec(ctx, `INSERT INTO deletion_receipts (account_id, generation, phase, rows) VALUES ($1, $2, $3, $4)`,
+		id, gen, step, b); err != nil {
+		return fmt.Errorf("write deletion receipt of %s generation %d, %s: %w", id, gen, step, err)
+	}
+	return nil
 }
