@@ -54,7 +54,11 @@ func BatchBody(n int, ev func(i int) []byte, from int) []byte {
 // keep-alive connections.
 type Client struct {
 	URL, WriteKey string
-	hc            *http.Client
+	// SDK makes the client behave as analytics SDKs do on 429: wait for
+	// Retry-After and send the same request again (Refused counts those).
+	SDK     bool
+	Refused atomic.Int64
+	hc      *http.Client
 }
 
 // NewClient returns a client for up to conns concurrent requests.
@@ -66,21 +70,43 @@ func NewClient(url, writeKey string, conns int) *Client {
 	return &Client{URL: url, WriteKey: writeKey, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
 }
 
-// Post sends body to path and returns the status code.
+// Post sends body to path and returns the status code. An SDK client
+// sends it again after Retry-After while it is answered 429, until ctx ends.
 func (c *Client) Post(ctx context.Context, path string, body []byte) (int, error) {
+	for {
+		code, retryAfter, err := c.post(ctx, path, body)
+		if err != nil || !c.SDK || code != http.StatusTooManyRequests {
+			return code, err
+		}
+		c.Refused.Add(1)
+		select {
+		case <-ctx.Done():
+			return code, ctx.Err()
+		case <-time.After(retryAfter):
+		}
+	}
+}
+
+// post sends body once and returns the status code and Retry-After (1 s
+// when absent).
+func (c *Client) post(ctx context.Context, path string, body []byte) (int, time.Duration, error) {
 	req, err := http.NewRequestWithContext(ctx, "POST", c.URL+path, bytes.NewReader(body))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	req.SetBasicAuth(c.WriteKey, "")
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode, nil
+	retryAfter := time.Second
+	if n, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && n > 0 {
+		retryAfter = time.Duration(n) * time.Second
+	}
+	return resp.StatusCode, retryAfter, nil
 }
 
 // Close drops idle connections.
