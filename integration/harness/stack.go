@@ -43,6 +43,10 @@ type Options struct {
 	// OwnDatabase gives the stack a database of its own instead of a schema
 	// (for tests that take the database down).
 	OwnDatabase bool
+	// ShardDatabases lists the shards whose people, triggers and deliveries
+	// get a database of their own (SHARDFLOW_SHARD_DATABASE_URLS), which
+	// StopShardDatabase can take down; the other shards use the main one.
+	ShardDatabases []int
 }
 
 // FastTopology is a topology with a quick retry schedule, so failure tests
@@ -77,6 +81,10 @@ type Stack struct {
 	procs  map[string]*Proc
 	ports  map[string]int
 	logDir string
+
+	// ShardDSN and ShardDB are the databases of Options.ShardDatabases, by shard.
+	ShardDSN map[int]string
+	ShardDB  map[int]*pgxpool.Pool
 }
 
 // New starts NATS, provisions the topology and creates the schema. Services
@@ -91,6 +99,10 @@ func New(t testing.TB, opts Options) *Stack {
 		s.DSN, s.DB = Database(t)
 	} else {
 		s.DSN, s.DB = Schema(t)
+	}
+	s.ShardDSN, s.ShardDB = map[int]string{}, map[int]*pgxpool.Pool{}
+	for _, n := range opts.ShardDatabases {
+		s.ShardDSN[n], s.ShardDB[n] = Database(t)
 	}
 	s.port = FreePort(t)
 	s.StartNATS()
@@ -228,6 +240,9 @@ func (s *Stack) Launch(name string, env ...string) *Proc {
 		"SHARDFLOW_ADMIN_TOKEN=" + AdminToken,
 		"SHARDFLOW_LOG_LEVEL=info",
 		"SHARDFLOW_SHUTDOWN_TIMEOUT=10s",
+	}
+	if spec := s.shardDatabaseURLs(); spec != "" {
+		base = append(base, "SHARDFLOW_SHARD_DATABASE_URLS="+spec)
 	}
 	switch bin {
 	case "ingest":
@@ -618,9 +633,27 @@ func (s *Stack) StopDatabase() (restore func()) {
 	if !s.opts.OwnDatabase {
 		s.T.Fatal("StopDatabase needs Options.OwnDatabase")
 	}
+	return s.stopDatabaseAt(s.DSN)
+}
+
+// StopShardDatabase is StopDatabase for the database of a shard in
+// Options.ShardDatabases.
+func (s *Stack) StopShardDatabase(shard int) (restore func()) {
+	s.T.Helper()
+	dsn, ok := s.ShardDSN[shard]
+	if !ok {
+		s.T.Fatalf("StopShardDatabase(%d) needs shard %d in Options.ShardDatabases", shard, shard)
+	}
+	return s.stopDatabaseAt(dsn)
+}
+
+// stopDatabaseAt makes the database dsn names unavailable: it refuses new
+// connections and terminates the open ones until restore.
+func (s *Stack) stopDatabaseAt(dsn string) (restore func()) {
+	s.T.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cfg, err := pgxpool.ParseConfig(s.DSN)
+	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		s.T.Fatal(err)
 	}
@@ -653,4 +686,51 @@ func (s *Stack) StopDatabase() (restore func()) {
 	}
 	s.T.Cleanup(restore)
 	return restore
+}
+
+// shardDatabaseURLs is SHARDFLOW_SHARD_DATABASE_URLS for Options.ShardDatabases.
+func (s *Stack) shardDatabaseURLs() string {
+	var entries []string
+	for _, n := range s.opts.ShardDatabases {
+		entries = append(entries, fmt.Sprintf("%d=%s", n, s.ShardDSN[n]))
+	}
+	return strings.Join(entries, ";")
+}
+
+// ShardCount runs a counting query in the database of a shard in
+// Options.ShardDatabases.
+func (s *Stack) ShardCount(shard int, query string, args ...any) int {
+	s.T.Helper()
+	pool, ok := s.ShardDB[shard]
+	if !ok {
+		s.T.Fatalf("ShardCount(%d): shard %d has no database of its own (Options.ShardDatabases)", shard, shard)
+	}
+	var n int
+	if err := pool.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
+		s.T.Fatalf("shard %d database: %s: %v", shard, query, err)
+	}
+	return n
+}
+
+// Readiness returns what /readyz answers now: whether the process is ready
+// and, when not, the failing checks' errors by name (nil when /readyz does
+// not answer).
+func (p *Proc) Readiness() (ready bool, failed map[string]string) {
+	addr := p.HealthAddr()
+	if addr == "" {
+		return false, nil
+	}
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return false, nil
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Ready  bool              `json:"ready"`
+		Failed map[string]string `json:"failed"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return false, nil
+	}
+	return resp.StatusCode == http.StatusOK && body.Ready, body.Failed
 }
