@@ -41,6 +41,7 @@ type Common struct {
 	DatabaseURL     string        `name:"database-url" env:"SHARDFLOW_DATABASE_URL" default:"postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable" help:"PostgreSQL DSN of the main database (accounts, deletion audit, dead-letter index; every shard's people, triggers and deliveries unless --shard-database-urls moves them)."`
 	BrakeAbove      float64       `name:"brake-above" env:"SHARDFLOW_BRAKE_ABOVE" default:"0.9" help:"Stages: a shard's consumer slows to --brake-rate while more than this share of its recent messages ends dead-lettered (0: never), so a shard flooded with poison leaves the shared CPU and database to the others."`
 	BrakeRate       float64       `name:"brake-rate" env:"SHARDFLOW_BRAKE_RATE" default:"200" help:"Stages: messages/s a braked shard's consumer fetches."`
+	BrakeAnnounce   bool          `name:"brake-announce" env:"SHARDFLOW_BRAKE_ANNOUNCE" default:"true" negatable:"" help:"Stages: also judge each account by its own messages and announce the accounts nearly all of whose messages end dead-lettered, so ingest slows them at the source (needs --brake-above > 0)."`
 	DBConnsPerShard int32         `name:"db-conns-per-shard" env:"SHARDFLOW_DB_CONNS_PER_SHARD" help:"Stages: connections of each consumed shard's own pool (default: 32 split over the consumed shards, at least 4)."`
 	Shards          int           `name:"shards" env:"SHARDFLOW_SHARDS" default:"4" help:"Number of shards in the topology."`
 	ConsumeShards   string        `name:"consume-shards" env:"SHARDFLOW_CONSUME_SHARDS" help:"Shards this instance consumes, e.g. 0,2 (default: all)."`
@@ -293,7 +294,7 @@ func (e *Env) RunStage(ctx context.Context, stage string, gate streams.AccountGa
 			JetStream: e.JS, Topology: e.Topo, Stage: stage, Shard: shard, Handler: h, Gate: gate,
 			Logger: e.Log, TracerProvider: e.Tel.TracerProvider, MeterProvider: e.Tel.MeterProvider,
 			StopTimeout: e.Config.ShutdownTimeout * 2 / 3,
-			Brake:       streams.Brake{Above: e.Config.BrakeAbove, Rate: e.Config.BrakeRate},
+			Brake:       streams.Brake{Above: e.Config.BrakeAbove, Rate: e.Config.BrakeRate, Announce: e.Config.BrakeAnnounce && e.Config.BrakeAbove > 0},
 		}
 		if tune != nil {
 			tune(&cfg)
