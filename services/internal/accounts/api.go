@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/shardflow/shardflow/services/internal/dlq"
 )
 
 // MaxBodyBytes bounds an admin API request body.
@@ -129,7 +131,9 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, map[string]string{"error": msg})
 }
 
-// fail answers err: its own status for an *Error, else 500.
+// fail answers err: its own status for an *Error; 503 with Retry-After when
+// a database is unreachable (with per-shard databases, one shard's outage
+// refuses only that shard's requests); else 500.
 func (s *Service) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var e *Error
 	if errors.As(err, &e) {
@@ -137,6 +141,11 @@ func (s *Service) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	s.log.ErrorContext(r.Context(), "admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	if dlq.IsUnavailable(err) {
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, "database unavailable, retry later: "+err.Error())
+		return
+	}
 	writeError(w, http.StatusInternalServerError, err.Error())
 }
 

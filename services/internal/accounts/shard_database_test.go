@@ -97,16 +97,17 @@ func TestDeletionCountsSurviveACrashBetweenDatabases(t *testing.T) {
 	}
 }
 
-// With shard 1's database down, its accounts' trigger requests fail naming
-// the shard, and shard 0's accounts are served.
+// With shard 1's database down, its accounts' trigger requests are answered
+// 503 (a dependency outage: retry later) naming the shard, and shard 0's
+// accounts are served.
 func TestShardDatabaseDownIsNamedAndIsolated(t *testing.T) {
 	h := newHarness(t, withShardDatabase(1), withoutSaga())
 	a0 := h.create(sameShard("up", 0, h.topo.Shards))
 	a1 := h.create(sameShard("down", 1, h.topo.Shards))
 	h.shardPools.For(1).Close()
 	trig := map[string]any{"event": "E", "channel": "webhook", "url": "https://example.com/h"}
-	h.wantError(http.StatusInternalServerError, "PUT", "/v1/accounts/"+a1.ID+"/triggers/t", trig, "shard 1 database")
-	h.wantError(http.StatusInternalServerError, "GET", "/v1/accounts/"+a1.ID+"/triggers", nil, "shard 1 database")
+	h.wantError(http.StatusServiceUnavailable, "PUT", "/v1/accounts/"+a1.ID+"/triggers/t", trig, "database unavailable", "shard 1 database")
+	h.wantError(http.StatusServiceUnavailable, "GET", "/v1/accounts/"+a1.ID+"/triggers", nil, "database unavailable", "shard 1 database")
 	h.must(http.StatusOK, "PUT", "/v1/accounts/"+a0.ID+"/triggers/t", trig, nil)
 	h.must(http.StatusOK, "GET", "/v1/accounts/"+a1.ID, nil, nil) // the account itself is in the main database
 }
