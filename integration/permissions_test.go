@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -211,6 +212,35 @@ func TestPermissions(t *testing.T) {
 		wantSubjects(t, conns["accounts"], "DEADLETTER_0", "deadletter.0.acme.sender")
 	})
 
+	t.Run("stages announce braked accounts and ingest hears them", func(t *testing.T) {
+		w, err := streams.WatchBrakes(conns["ingest"].nc, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		if err := conns["ingest"].nc.Flush(); err != nil { // the subscription is in place
+			t.Fatal(err)
+		}
+		for _, stage := range []string{"processor", "sender"} {
+			for shard := range topo.Shards {
+				acct := fmt.Sprintf("braked-%s-%d", stage, shard)
+				data, _ := json.Marshal(streams.BrakeAdvisory{Stage: stage, Shard: shard, Account: acct, Braked: true, Rate: 200, TTL: 60_000})
+				// The subject the runtime announces on (streams.Brake.Announce).
+				if err := conns[stage].nc.Publish(streams.BrakeSubject(shard, acct), data); err != nil {
+					t.Fatal(err)
+				}
+				harness.Eventually(t, 10*time.Second, func() error {
+					if _, ok := w.Braked(acct); !ok {
+						return fmt.Errorf("ingest did not hear %s announce %s braked on shard %d", stage, acct, shard)
+					}
+					return nil
+				})
+			}
+			conns[stage].noViolations(t)
+		}
+		conns["ingest"].noViolations(t)
+	})
+
 	t.Run("deadletter indexes, sweeps, and gets and deletes by sequence", func(t *testing.T) {
 		d := conns["deadletter"]
 		if err := streams.CheckLimits(ctx, d.js, topo, streams.KindInbound, streams.KindOutbound, streams.KindDeadLetter); err != nil {
@@ -310,6 +340,7 @@ func TestPermissions(t *testing.T) {
 		"outbound.0.acme.webhook", "outbound.0.acme.held.webhook", "outbound.0.acme.deferred.7",
 		"accounts.0.acme.created", "deadletter.0.acme.processor", "deadletter.0.acme.sender",
 		"deadletter.0.acme.indexer", "deadletter.0.acme.accounts", "$KV.shardflow_accounts.evil", "elsewhere.entirely",
+		"shardflow.brake.0.acme", // only a stage may brake an account: ingest cannot be made to slow one
 	}
 	for _, name := range users {
 		t.Run("refused/"+name, func(t *testing.T) {
