@@ -91,25 +91,35 @@ func DecodeEvent(typ string, body []byte, lim Limits) (*Event, error) {
 // *ValidationError; field paths name the index of the offending event, as
 // in "batch[3].event".
 func DecodeBatch(body []byte, lim Limits) (*Batch, error) {
+	b, _, err := DecodeBatchRaw(body, lim)
+	return b, err
+}
+
+// DecodeBatchRaw is DecodeBatch, and also returns the JSON text of each
+// event as sent: raw[i], a slice of body, is the object b.Batch[i] was
+// decoded from. With [AppendEvent], a caller stores the events without
+// encoding them again.
+func DecodeBatchRaw(body []byte, lim Limits) (b *Batch, raw [][]byte, err error) {
 	lim = lim.withDefaults()
 	if len(body) > lim.MaxBatchBytes {
-		return nil, &LimitError{Field: "body", Size: len(body), Limit: lim.MaxBatchBytes}
+		return nil, nil, &LimitError{Field: "body", Size: len(body), Limit: lim.MaxBatchBytes}
 	}
 	obj, err := parseObject(body)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	for i, size := range batchItemSizes(body) {
-		if size > lim.MaxEventBytes {
-			return nil, &LimitError{Field: "batch[" + strconv.Itoa(i) + "]", Size: size, Limit: lim.MaxEventBytes}
+	raw = batchItems(body)
+	for i, item := range raw {
+		if len(item) > lim.MaxEventBytes {
+			return nil, nil, &LimitError{Field: "batch[" + strconv.Itoa(i) + "]", Size: len(item), Limit: lim.MaxEventBytes}
 		}
 	}
 	if err := validateBatch(obj); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c := converter{t: translator{inst: obj}}
 	items, _ := obj["batch"].([]any) // an array of objects: checked by the schema
-	b := &Batch{Batch: make([]Event, len(items))}
+	b = &Batch{Batch: make([]Event, len(items))}
 	loc := []string{"batch", ""}
 	for i, item := range items {
 		m, _ := item.(map[string]any)
@@ -118,12 +128,15 @@ func DecodeBatch(body []byte, lim Limits) (*Batch, error) {
 		b.Batch[i].normalize()
 	}
 	b.WriteKey, _ = obj["writeKey"].(string)
-	b.Context = c.object(obj["context"], []string{"context"})
+	b.Context = c.object(obj["context"], nil, "context")
 	b.SentAt, _ = obj["sentAt"].(string)
 	if len(c.t.out) > 0 {
-		return nil, c.t.result()
+		return nil, nil, c.t.result()
 	}
-	return b, nil
+	if len(raw) != len(b.Batch) { // cannot happen: both take the last "batch"
+		raw = nil // AppendEvent encodes from the events alone
+	}
+	return b, raw, nil
 }
 
 // validateBatch validates a batch like batch.schema.json does, item by
@@ -184,21 +197,62 @@ func (c *converter) event(m map[string]any, loc []string) Event {
 	e.UserID, _ = m["userId"].(string)
 	e.AnonymousID, _ = m["anonymousId"].(string)
 	e.Event, _ = m["event"].(string)
-	e.Traits = c.object(m["traits"], append(loc, "traits"))
-	e.Properties = c.object(m["properties"], append(loc, "properties"))
-	e.Context = c.object(m["context"], append(loc, "context"))
+	e.Traits = c.object(m["traits"], loc, "traits")
+	e.Properties = c.object(m["properties"], loc, "properties")
+	e.Context = c.object(m["context"], loc, "context")
 	e.Timestamp, _ = m["timestamp"].(string)
 	e.WriteKey, _ = m["writeKey"].(string)
 	return e
 }
 
-// object returns v, converted, if it is an object, or else nil.
-func (c *converter) object(v any, loc []string) map[string]any {
+// object returns v, converted, if it is an object, or else nil. loc and
+// name locate v, for errors.
+func (c *converter) object(v any, loc []string, name string) map[string]any {
 	m, _ := v.(map[string]any)
-	if m != nil {
-		c.value(m, loc)
+	if m != nil && !convertNumbers(m) {
+		// A number out of range: again, to locate every one.
+		c.value(m, append(loc[:len(loc):len(loc)], name))
 	}
 	return m
+}
+
+// convertNumbers converts the numbers of v in place, as value does, but
+// without keeping track of where they are: it stops at the first number out
+// of range, leaving it as it is, and returns false.
+func convertNumbers(v any) bool {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			switch e := e.(type) {
+			case map[string]any, []any:
+				if !convertNumbers(e) {
+					return false
+				}
+			case json.Number:
+				f, err := strconv.ParseFloat(string(e), 64)
+				if err != nil {
+					return false
+				}
+				v[k] = f
+			}
+		}
+	case []any:
+		for i, e := range v {
+			switch e := e.(type) {
+			case map[string]any, []any:
+				if !convertNumbers(e) {
+					return false
+				}
+			case json.Number:
+				f, err := strconv.ParseFloat(string(e), 64)
+				if err != nil {
+					return false
+				}
+				v[i] = f
+			}
+		}
+	}
+	return true
 }
 
 // value converts the numbers of v in place and returns the converted v.
@@ -230,21 +284,21 @@ func (c *converter) value(v any, loc []string) any {
 	return v
 }
 
-// batchItemSizes returns the size in bytes of each element of the
-// top-level "batch" array of body, or nil if there is none. body must be
+// batchItems returns the JSON text of each element of the top-level
+// "batch" array of body, or nil if there is none. body must be
 // well-formed JSON: its grammar is not checked again (but no input makes
 // this panic). As in the decoder, the last "batch" key wins.
-func batchItemSizes(body []byte) []int {
+func batchItems(body []byte) [][]byte {
 	i := skipSpace(body, 0)
 	if i >= len(body) || body[i] != '{' {
 		return nil
 	}
 	i++
-	var sizes []int
+	var items [][]byte
 	for {
 		i = skipSpace(body, i)
 		if i >= len(body) || body[i] == '}' {
-			return sizes
+			return items
 		}
 		if body[i] == ',' {
 			i++
@@ -262,16 +316,16 @@ func batchItemSizes(body []byte) []int {
 			i = skipValue(body, i)
 			continue
 		}
-		sizes = nil
+		items = nil
 		if i >= len(body) || body[i] != '[' {
 			i = skipValue(body, i)
 			continue
 		}
-		sizes = []int{}
+		items = [][]byte{}
 		for i++; ; {
 			i = skipSpace(body, i)
 			if i >= len(body) {
-				return sizes
+				return items
 			}
 			if body[i] == ']' {
 				i++
@@ -283,7 +337,7 @@ func batchItemSizes(body []byte) []int {
 			}
 			start := i
 			i = skipValue(body, i)
-			sizes = append(sizes, i-start)
+			items = append(items, body[start:i:i])
 		}
 	}
 }
@@ -307,15 +361,25 @@ func skipSpace(b []byte, i int) int {
 	return i
 }
 
-// skipString returns the index after the string starting at b[i] == '"'.
+// skipString returns the index after the string starting at b[i] == '"'
+// (len(b) if it does not end): at the first quote not escaped, that is not
+// preceded by an odd run of backslashes inside the string.
 func skipString(b []byte, i int) int {
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
+	start := i + 1
+	for j := start; j < len(b); {
+		q := bytes.IndexByte(b[j:], '"')
+		if q < 0 {
+			break
 		}
+		j += q
+		n := 0
+		for k := j - 1; k >= start && b[k] == '\\'; k-- {
+			n++
+		}
+		if n%2 == 0 {
+			return j + 1
+		}
+		j++
 	}
 	return len(b)
 }
@@ -407,9 +471,9 @@ func validateDoc(sch *jsonschema.Schema, b []byte) error {
 }
 
 // parseObject parses body the way the jsonschema library expects (numbers
-// as json.Number) and checks that it is an object.
+// as json.Number, see parseJSON) and checks that it is an object.
 func parseObject(body []byte) (map[string]any, error) {
-	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
+	v, err := parseJSON(body)
 	if err != nil {
 		return nil, syntaxError(body, err)
 	}

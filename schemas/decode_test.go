@@ -499,6 +499,15 @@ func TestDecodeBatchErrors(t *testing.T) {
 			),
 		},
 		{
+			name: "numbers out of range, several in one object, and in the batch's context",
+			body: `{"batch":[{"type":"track","userId":"u","event":"e","properties":{"m":1,"a":1e400,"b":{"c":[2.5,-1e400],"d":3}}}],"context":{"x":1e999}}`,
+			want: verr(
+				"batch[0].properties.a", "number 1e400 is out of range",
+				"batch[0].properties.b.c[1]", "number -1e400 is out of range",
+				"context.x", "number 1e999 is out of range",
+			),
+		},
+		{
 			name: "event over the limit",
 			body: `{"batch":[` + okTrack + `,` + okTrack + `,` + item(40000) + `]}`,
 			want: &schemas.LimitError{Field: "batch[2]", Size: 40000, Limit: 32768},

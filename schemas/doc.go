@@ -22,6 +22,10 @@
 //     the offending field as a dotted path such as "batch[3].event" and the
 //     rule it breaks, in words meant for API users (400).
 //
+// [DecodeBatchRaw] also returns the JSON text of each event as sent, and
+// [AppendEvent] encodes an event by copying its free-form objects from that
+// text rather than encoding them again: how ingest stores events.
+//
 // [ValidateOutbound], [ValidateAccountEvent] and [ValidateDeadLetter] check
 // internal messages against their schemas. [SchemaFiles] exposes the schema
 // documents so that tools and documentation can serve them.

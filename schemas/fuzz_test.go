@@ -30,6 +30,8 @@ func FuzzDecodeBatch(f *testing.F) {
 		`{"batch":[{"type":"identify","anonymousId":"a"}],"context":{"n":[1.5e3,-0,12345678901234567890]},"\u0062atch":[{"type":"track","userId":"u","event":"e"}]}`,
 		`{"batch":[{"s":"]}\\\"[{"} , [1,[2]] ,"x",true,-1.5e3,null,{}],"batch" : [ {"a":"\\u005d"} ]}`,
 		`{"batch":[1],"batch":null}`,
+		`{"batch":[ {"type":"track","userId":"u","event":"e","con\u0074ext":{"a":1},"context" : {"b":[1.50,-0,1E2]},"writeKey":"k","traits":{"t":1}} ,{"type":"identify","anonymousId":"a","properties":{"p":1},"traits":{"x":"\u003c"},"context":{}}],"context":{"c":true}}`,
+		`{"batch":[{"type":"track","userId":"u","event":"e","context":{"a":1},"context":{}},{"type":"identify","userId":"u","traits":{"a":"\"}\\"}}],"context":{"n":12345678901234567890}}`,
 		`[]`, `null`, `"batch"`, `{`, ``, `{"batch":[{"type":"track","userId":"u","event":"` + "\xff\xfe" + `"}]}`,
 	} {
 		f.Add([]byte(seed))
@@ -74,6 +76,7 @@ func FuzzDecodeBatch(f *testing.F) {
 				t.Fatalf("batch[%d]: no event name", i)
 			}
 		}
+		checkAppendEvent(t, body, b)
 		again, err := json.Marshal(b)
 		if err != nil {
 			t.Fatal(err)
@@ -110,6 +113,53 @@ func FuzzDecodeBatch(f *testing.F) {
 			t.Fatalf("encoding/json decodes differently:\n%#v\n%#v", &ref, b)
 		}
 	})
+}
+
+// checkAppendEvent checks that each event of the accepted batch body,
+// changed as ingest changes it (messageId and timestamp filled in when
+// missing, writeKey cleared, the batch's context given to an event
+// without one) and encoded by AppendEvent from its raw JSON, decodes to
+// the same event as its encoding by json.Marshal.
+func checkAppendEvent(t *testing.T, body []byte, b *schemas.Batch) {
+	t.Helper()
+	b2, raw, err := schemas.DecodeBatchRaw(body, schemas.Limits{MaxEventBytes: 1 << 30, MaxBatchBytes: 1 << 30})
+	if err != nil {
+		t.Fatalf("DecodeBatchRaw rejected what DecodeBatch accepted: %v", err)
+	}
+	if len(raw) != len(b2.Batch) {
+		t.Fatalf("%d raw events for %d events\n%q", len(raw), len(b2.Batch), body)
+	}
+	lim := schemas.Limits{MaxEventBytes: 1 << 30, MaxBatchBytes: 1 << 30}
+	for i := range b2.Batch {
+		ev := &b2.Batch[i]
+		if ev.MessageID == "" {
+			ev.MessageID = "generated-id"
+		}
+		if ev.Timestamp == "" {
+			ev.Timestamp = "2024-03-01T10:00:00.123456789Z"
+		}
+		ev.WriteKey = ""
+		if ev.Context == nil {
+			ev.Context = b2.Context
+		}
+		data, err := schemas.AppendEvent([]byte("prefix"), ev, raw[i])
+		if err != nil {
+			t.Fatalf("batch[%d]: AppendEvent: %v", i, err)
+		}
+		data = bytes.TrimPrefix(data, []byte("prefix"))
+		got, err := schemas.DecodeEvent(ev.Type, data, lim)
+		if err != nil {
+			t.Fatalf("batch[%d]: stored event rejected: %v\n%s", i, err, data)
+		}
+		marshalled, _ := json.Marshal(ev)
+		want, err := schemas.DecodeEvent(ev.Type, marshalled, lim)
+		if err != nil {
+			t.Fatalf("batch[%d]: marshalled event rejected: %v\n%s", i, err, marshalled)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("batch[%d]: stored event decodes to\n%#v\nmarshalled one to\n%#v\n%s\n%s", i, got, want, data, marshalled)
+		}
+	}
 }
 
 func hasCaseVariantKeys(body []byte) bool {
