@@ -151,7 +151,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int) ([
 		h.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("body is %d bytes, over the limit of %d bytes", r.ContentLength, limit), nil)
 		return nil, false
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
+	body, err := readAll(r.Body, limit, r.ContentLength)
 	if err != nil {
 		h.fail(w, r, http.StatusBadRequest, "reading body: "+err.Error(), nil)
 		return nil, false
@@ -161,6 +161,31 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int) ([
 		return nil, false
 	}
 	return body, true
+}
+
+// readAll reads r to its end, or to limit+1 bytes. A body whose length is
+// announced (nearly all) is read into a buffer of that size, not grown to it
+// by doubling as io.ReadAll does.
+func readAll(r io.Reader, limit int, length int64) ([]byte, error) {
+	size := 512
+	if length > 0 && length <= int64(limit) {
+		size = int(length) + 1 // the last read finds EOF without growing the buffer
+	}
+	b := make([]byte, 0, size)
+	lr := io.LimitReader(r, int64(limit)+1)
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := lr.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
 }
 
 // writeKey finds the write key: Basic user name, Bearer token, or the body.
@@ -262,7 +287,8 @@ func (h *Handler) single(w http.ResponseWriter, r *http.Request, typ string) {
 		return
 	}
 	ev.Type = typ
-	msg, err := h.message(acct, ev, "")
+	buf := make([]byte, 0, len(body)+storedOverhead)
+	msg, err := h.message(acct, ev, body, &buf, -1)
 	if err != nil {
 		h.decodeFail(w, r, err)
 		return
@@ -286,7 +312,7 @@ func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
 	if !ok || !h.admitBraked(w, r, acct, 0) {
 		return
 	}
-	b, err := schemas.DecodeBatch(body, h.limits)
+	b, raw, err := schemas.DecodeBatchRaw(body, h.limits)
 	if err != nil {
 		h.decodeFail(w, r, err)
 		return
@@ -297,12 +323,19 @@ func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
 	}
 	msgs := make([]streams.Message, 0, len(b.Batch))
 	seen := make(map[string]int, len(b.Batch))
+	// What is stored, every event in one buffer: the events as sent, with
+	// a few members added (a batch context may need more; append grows it).
+	buf := make([]byte, 0, len(body)+len(b.Batch)*storedOverhead)
 	for i := range b.Batch {
 		ev := &b.Batch[i]
 		if ev.Context == nil && b.Context != nil {
 			ev.Context = b.Context
 		}
-		m, err := h.message(acct, ev, fmt.Sprintf("batch[%d]", i))
+		var evRaw []byte
+		if raw != nil {
+			evRaw = raw[i]
+		}
+		m, err := h.message(acct, ev, evRaw, &buf, i)
 		if err != nil {
 			h.decodeFail(w, r, err)
 			return
@@ -349,10 +382,17 @@ func (h *Handler) publishFail(w http.ResponseWriter, r *http.Request, err error)
 	h.fail(w, r, http.StatusServiceUnavailable, "events may not have been stored; retry with the same messageIds: "+err.Error(), nil)
 }
 
+// storedOverhead bounds what message adds to an event as sent: a type, a
+// generated messageId and a timestamp.
+const storedOverhead = 128
+
 // message turns a validated event into the message to store: the messageId
 // is generated when missing, the write key is not stored, and the id carries
-// the account generation.
-func (h *Handler) message(acct streams.Account, ev *schemas.Event, field string) (streams.Message, error) {
+// the account generation. raw is the JSON text ev was decoded from: the
+// stored JSON, appended to *buf, copies its free-form objects rather than
+// encoding them again (schemas.AppendEvent). The size limit applies to what
+// is stored. item is the event's index in a batch, or -1.
+func (h *Handler) message(acct streams.Account, ev *schemas.Event, raw []byte, buf *[]byte, item int) (streams.Message, error) {
 	if ev.MessageID == "" {
 		ev.MessageID = newID()
 	}
@@ -360,13 +400,17 @@ func (h *Handler) message(acct streams.Account, ev *schemas.Event, field string)
 	if ev.Timestamp == "" {
 		ev.Timestamp = time.Now().UTC().Format(time.RFC3339Nano)
 	}
-	data, err := json.Marshal(ev)
+	start := len(*buf)
+	b, err := schemas.AppendEvent(*buf, ev, raw)
 	if err != nil {
 		return streams.Message{}, err
 	}
+	*buf = b
+	data := b[start:len(b):len(b)]
 	if len(data) > h.limits.MaxEventBytes {
-		if field == "" {
-			field = "body"
+		field := "body"
+		if item >= 0 {
+			field = "batch[" + strconv.Itoa(item) + "]"
 		}
 		return streams.Message{}, &schemas.LimitError{Field: field, Size: len(data), Limit: h.limits.MaxEventBytes}
 	}

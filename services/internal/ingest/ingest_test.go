@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
+	"github.com/shardflow/shardflow/schemas"
 	"github.com/shardflow/shardflow/services/internal/ingest"
 	"github.com/shardflow/shardflow/streams"
 	"github.com/shardflow/shardflow/streams/natsembed"
@@ -270,4 +272,74 @@ func TestDeletionClosesIngressWithinASecond(t *testing.T) {
 		}
 	}
 	t.Logf("ingress closed %v after the directory changed", time.Since(t0))
+}
+
+// What ingest stores is the event as the processor reads it: the messageId
+// generated when missing (the one in Nats-Msg-Id), the timestamp filled in
+// when missing, the writeKey gone, the batch's context given to the events
+// without one; the rest as sent.
+func TestStoredEventDecodesToTheEventSent(t *testing.T) {
+	f := setup(t)
+	body := `{"batch":[` +
+		`{"type":"track","userId":"u1","event":"Order Completed","writeKey":"wk_acme","properties":{"total":18.990,"items":[{"sku":"G-32","n":1E2}],"note":"\u00e9\"<"},"integrations":{"All":false}},` +
+		`{"type":"identify","anonymousId":"a1","messageId":"m-2","timestamp":"2024-03-01T10:00:00Z","traits":{"plan":"pro"},"context":{"ip":"192.0.2.1"},"writeKey":"wk_acme"}` +
+		`],"context":{"library":{"name":"analytics.js","version":"1.0"}},"writeKey":"wk_acme"}`
+	before := time.Now().UTC()
+	if r := f.post(t, "/v1/batch", "", body, ""); r.code != 200 {
+		t.Fatalf("batch: %+v", r)
+	}
+	s, _ := f.js.Stream(t.Context(), "INBOUND_0")
+	batchContext := map[string]any{"library": map[string]any{"name": "analytics.js", "version": "1.0"}}
+	for seq, want := range map[uint64]schemas.Event{
+		1: {Type: "track", UserID: "u1", Event: "Order Completed", Context: batchContext,
+			Properties: map[string]any{"total": 18.99, "items": []any{map[string]any{"sku": "G-32", "n": 100.0}}, "note": "é\"<"}},
+		2: {Type: "identify", MessageID: "m-2", AnonymousID: "a1", Timestamp: "2024-03-01T10:00:00Z",
+			Traits: map[string]any{"plan": "pro"}, Context: map[string]any{"ip": "192.0.2.1"}},
+	} {
+		m, err := s.GetMsg(t.Context(), seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(m.Data), "writeKey") || strings.Contains(string(m.Data), "integrations") {
+			t.Fatalf("stored %s", m.Data)
+		}
+		got, err := schemas.DecodeEvent(want.Type, m.Data, schemas.Limits{})
+		if err != nil {
+			t.Fatalf("stored event %d rejected: %v\n%s", seq, err, m.Data)
+		}
+		if want.MessageID == "" { // generated: the id of the message
+			if got.MessageID == "" || m.Header.Get("Nats-Msg-Id") != "acme:3:"+got.MessageID {
+				t.Fatalf("messageId %q, Nats-Msg-Id %q", got.MessageID, m.Header.Get("Nats-Msg-Id"))
+			}
+			want.MessageID = got.MessageID
+		}
+		if want.Timestamp == "" { // filled in: when ingest received it
+			ts, err := time.Parse(time.RFC3339Nano, got.Timestamp)
+			if err != nil || ts.Before(before) || ts.After(time.Now()) {
+				t.Fatalf("timestamp %q (%v), want between %v and now", got.Timestamp, err, before)
+			}
+			want.Timestamp = got.Timestamp
+		}
+		if !reflect.DeepEqual(*got, want) {
+			t.Fatalf("stored event %d decodes to\n%#v\nwant\n%#v\n%s", seq, *got, want, m.Data)
+		}
+	}
+}
+
+// The limit on an event's size applies to what is stored: an event that
+// fits as sent but not with the batch's context is refused.
+func TestEventLimitAppliesToTheStoredEvent(t *testing.T) {
+	f := setup(t) // MaxEventBytes 4096
+	event := `{"type":"track","userId":"u1","event":"e","properties":{"x":"` + strings.Repeat("x", 3000) + `"}}`
+	ctx := `{"pad":"` + strings.Repeat("c", 1500) + `"}`
+	if r := f.post(t, "/v1/batch", "wk_acme", `{"batch":[`+event+`]}`, "basic"); r.code != 200 {
+		t.Fatalf("event without the batch context: %+v", r)
+	}
+	r := f.post(t, "/v1/batch", "wk_acme", `{"batch":[`+event+`],"context":`+ctx+`}`, "basic")
+	if r.code != 413 || !strings.Contains(r.Error, "batch[0]") {
+		t.Fatalf("event over the limit once stored: got %d %q, want 413 naming batch[0]", r.code, r.Error)
+	}
+	if n := f.stored(t, 0); n != 1 {
+		t.Fatalf("stored %d, want 1", n)
+	}
 }
