@@ -161,10 +161,9 @@ func (p *Publisher) withTimeout(ctx context.Context) (context.Context, context.C
 	return context.WithTimeout(ctx, p.timeout)
 }
 
-// Publish publishes m and returns once JetStream acknowledged it. A repeat
-// of an id inside the duplicate window succeeds with Duplicate set.
-func (p *Publisher) Publish(ctx context.Context, m Message) (PublishResult, error) {
-	ctx, span := p.tracer.Start(ctx, "send "+StreamName(m.Subject.Kind, m.Subject.Shard),
+// startSend starts the PRODUCER span of publishing m.
+func (p *Publisher) startSend(ctx context.Context, m Message) (context.Context, trace.Span) {
+	return p.tracer.Start(ctx, "send "+StreamName(m.Subject.Kind, m.Subject.Shard),
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(append(subjectAttrs(m.Subject), attrSystemNATS,
 			semconv.MessagingOperationTypeSend,
@@ -172,6 +171,12 @@ func (p *Publisher) Publish(ctx context.Context, m Message) (PublishResult, erro
 			semconv.MessagingDestinationName(m.Subject.String()),
 			semconv.MessagingMessageID(m.ID),
 			semconv.MessagingMessageBodySize(len(m.Data)))...))
+}
+
+// Publish publishes m and returns once JetStream acknowledged it. A repeat
+// of an id inside the duplicate window succeeds with Duplicate set.
+func (p *Publisher) Publish(ctx context.Context, m Message) (PublishResult, error) {
+	ctx, span := p.startSend(ctx, m)
 	defer span.End()
 	msg, err := p.build(ctx, m)
 	if err != nil {
