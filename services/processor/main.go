@@ -36,14 +36,10 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	pub, err := env.NewPublisher(0)
-	if err != nil {
-		return err
-	}
 	if cfg.CrashOnEvent != "" {
 		env.Log.Warn("TEST HOOK ACTIVE: the process exits when it handles this event", "event", cfg.CrashOnEvent)
 	}
-	p, err := processor.New(processor.Config{DB: pools, Publisher: pub, CrashOnEvent: cfg.CrashOnEvent, Logger: env.Log})
+	p, err := processor.New(processor.Config{DB: pools, CrashOnEvent: cfg.CrashOnEvent, Logger: env.Log})
 	if err != nil {
 		return err
 	}

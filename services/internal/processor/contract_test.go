@@ -40,7 +40,7 @@ func TestContract(t *testing.T) {
 	streamstest.Run(t, streamstest.Harness{
 		Stage: streams.ConsumerSpec{Name: streams.StageProcessor, Kind: streams.KindInbound},
 		NewHandler: func(t *testing.T, e *streamstest.Env) streams.Handler {
-			p, err := processor.New(processor.Config{DB: dbpkg.SharedPool(db.Pool), Publisher: e.Publisher, TriggerCacheTTL: time.Nanosecond})
+			p, err := processor.New(processor.Config{DB: dbpkg.SharedPool(db.Pool), TriggerCacheTTL: time.Nanosecond})
 			if err != nil {
 				t.Fatal(err)
 			}

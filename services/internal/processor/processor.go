@@ -21,8 +21,6 @@ import (
 type Config struct {
 	// DB holds people and triggers: a pool per shard (db.Pools). Required.
 	DB *db.Pools
-	// Publisher publishes outbound messages. Required.
-	Publisher *streams.Publisher
 	// TriggerCacheTTL is how long an account's triggers are cached, so a
 	// busy account does not cost a query per event. Default 2s.
 	TriggerCacheTTL time.Duration
@@ -55,8 +53,8 @@ type cachedTriggers struct {
 
 // New returns a Processor.
 func New(cfg Config) (*Processor, error) {
-	if cfg.DB == nil || cfg.Publisher == nil {
-		return nil, errors.New("processor: Config needs DB and Publisher")
+	if cfg.DB == nil {
+		return nil, errors.New("processor: Config needs DB")
 	}
 	cfg.TriggerCacheTTL = cmp.Or(cfg.TriggerCacheTTL, 2*time.Second)
 	return &Processor{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default()), cache: map[string]cachedTriggers{}}, nil
@@ -145,11 +143,18 @@ func (p *Processor) triggers(ctx context.Context, shard int, account string) ([]
 	return ts, nil
 }
 
+// track returns the outbound messages of the account's matching triggers as
+// a Forward outcome: the runtime publishes them asynchronously (each with its
+// Nats-Msg-Id and the trace context) and acks the input only once JetStream
+// stored every one; a failed publish retries the input, which republishes
+// the same ids (derived from the inbound id), so JetStream drops the repeats.
+// A message that cannot be built (over the size limit) dead-letters it.
 func (p *Processor) track(ctx context.Context, m *streams.Msg, ev *schemas.Event) streams.Outcome {
 	ts, err := p.triggers(ctx, m.Subject.Shard, m.Subject.Account)
 	if err != nil {
 		return dbOutcome(err, "load triggers")
 	}
+	var msgs []streams.Message
 	for _, t := range ts {
 		if t.Event != ev.Event {
 			continue
@@ -173,18 +178,15 @@ func (p *Processor) track(ctx context.Context, m *streams.Msg, ev *schemas.Event
 		if err != nil {
 			return streams.DeadLetter(streams.ClassPermanent, err)
 		}
-		_, err = p.cfg.Publisher.Publish(ctx, streams.Message{
+		msgs = append(msgs, streams.Message{
 			Subject:    streams.Subject{Kind: streams.KindOutbound, Shard: m.Subject.Shard, Account: m.Subject.Account, Type: t.Channel},
 			ID:         out.ID,
 			Generation: m.Generation,
 			Data:       data,
 		})
-		if errors.Is(err, streams.ErrTooLarge) {
-			return streams.DeadLetter(streams.ClassPermanent, err)
-		}
-		if err != nil {
-			return streams.Retry(err)
-		}
 	}
-	return streams.Ack()
+	if len(msgs) == 0 {
+		return streams.Ack()
+	}
+	return streams.Forward(msgs...)
 }
