@@ -32,7 +32,7 @@ type Config struct {
 	Quick bool
 	// Runs per figure (default 3; the medians need at least 3).
 	Runs int
-	// Backlog is the backlog scenario's size (default 200,000; 1,000 quick).
+	// Backlog is the backlog scenario's size (default 1,000,000; 2,000 quick).
 	Backlog int
 	// Log receives progress lines. Default os.Stderr.
 	Log io.Writer
@@ -94,7 +94,7 @@ func New(cfg Config) *Suite {
 		cfg.Log = os.Stderr
 	}
 	if cfg.Backlog == 0 {
-		cfg.Backlog = 200_000
+		cfg.Backlog = 1_000_000
 		if cfg.Quick {
 			cfg.Backlog = 2000
 		}

@@ -329,7 +329,7 @@ func addE2E(sc *Scenario, suffix string, r int, res E2EResult) {
 
 func (s *Suite) e2eSettings(sc *Scenario) {
 	sz := s.e2eSizes()
-	sc.Set("a fresh stack per run: accounts, ingest, processor and sender as processes (defaults: processor Concurrency 32, sender 64, MaxInFlight 1000 per shard), one account whose track event \"Bench\" triggers a webhook to a sink in the bench process; events of about 1 KiB")
+	sc.Set("a fresh stack per run: accounts, ingest, processor and sender as processes (defaults: processor Concurrency 32 and MaxInFlight 256 with the Forward outcome, sender Concurrency 64 and MaxInFlight 1000, per shard), one account whose track event \"Bench\" triggers a webhook to a sink in the bench process; events of about 1 KiB")
 	sc.Set("raw baseline: %d events async-published (window 1000, Nats-Msg-Id) to a stream with the inbound streams' settings on the same server, no consumer — the same method as scenario 2's raw figure, in the same run", sz.raw)
 	sc.Set("sustained: 4 HTTP clients send /v1/batch of 100 events while fewer than %d events are in flight (sent, not yet delivered) — closed loop, so the pipeline stays saturated without an unbounded backlog; deliveries/s counted at the sink over %v after %v of warm-up", sz.outstanding, sz.window, sz.warmup)
 	sc.Set("latency: open loop at half the sustained rate, /v1/batch of 10 events, for %v; request sent → webhook received, every event of the phase (all delivered before the figure is taken)", sz.latFor)
