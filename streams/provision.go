@@ -19,6 +19,7 @@ const (
 	ActionUpdated   Action = "updated"
 	ActionUnchanged Action = "unchanged"
 	ActionDrift     Action = "drift" // differs, and was not (or cannot be) changed
+	ActionFailed    Action = "failed" // missing, and creating it failed (the error says why)
 )
 
 // Change reports one stream or consumer.
@@ -64,8 +65,8 @@ func (r Report) String() string {
 		b.WriteString(c.String())
 		b.WriteByte('\n')
 	}
-	fmt.Fprintf(&b, "%d created, %d updated, %d unchanged, %d drift\n",
-		r.Count(ActionCreated), r.Count(ActionUpdated), r.Count(ActionUnchanged), r.Count(ActionDrift))
+	fmt.Fprintf(&b, "%d created, %d updated, %d unchanged, %d drift, %d failed\n",
+		r.Count(ActionCreated), r.Count(ActionUpdated), r.Count(ActionUnchanged), r.Count(ActionDrift), r.Count(ActionFailed))
 	return b.String()
 }
 
@@ -128,6 +129,7 @@ func provisionStream(ctx context.Context, js jetstream.JetStream, want jetstream
 			return ch, nil
 		}
 		if _, err := js.CreateStream(ctx, want); err != nil {
+			ch.Action = ActionFailed // not created: a retry must not count it twice
 			return ch, fmt.Errorf("streams: create stream %s: %w", want.Name, err)
 		}
 		return ch, nil
@@ -227,6 +229,7 @@ func provisionConsumer(ctx context.Context, js jetstream.JetStream, stream strin
 			return ch, nil
 		}
 		if _, err := js.CreateConsumer(ctx, stream, want); err != nil {
+			ch.Action = ActionFailed
 			return ch, fmt.Errorf("streams: create consumer %s/%s: %w", stream, want.Durable, err)
 		}
 		return ch, nil

@@ -6,9 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shardflow/shardflow/streams"
+	"github.com/shardflow/shardflow/streams/natsembed"
 )
 
 func TestProvisionTwiceIsNoOp(t *testing.T) {
@@ -142,5 +144,44 @@ func TestCheckLimitsNamesBothNumbers(t *testing.T) {
 		if !strings.Contains(msg, want) {
 			t.Fatalf("error does not name %q:\n%s", want, msg)
 		}
+	}
+}
+
+// A stream that cannot be created is reported failed, not created, so a
+// provisioning run again after the cause is gone counts it once; the rest
+// of the topology is provisioned meanwhile.
+func TestProvisionReportsAFailedCreateAsFailed(t *testing.T) {
+	s := natsembed.Test(t)
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	topo := fastTopology()
+	// A foreign stream holding shard 0's inbound subjects: INBOUND_0 cannot
+	// be created (subjects overlap), nor its consumers.
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "SQUATTER", Subjects: []string{"inbound.0.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := streams.Provision(t.Context(), js, topo, nil)
+	if err == nil || !strings.Contains(err.Error(), "INBOUND_0") {
+		t.Fatalf("provision with INBOUND_0's subjects taken: err %v", err)
+	}
+	all := topo.Shards*len(streams.Kinds) + topo.Shards*len(topo.Consumers)
+	inbound0 := 1 // the stream; its consumers are not attempted
+	if got := rep.Count(streams.ActionFailed); got != inbound0 {
+		t.Fatalf("failed = %d, want %d:\n%s", got, inbound0, rep)
+	}
+	created := rep.Count(streams.ActionCreated)
+	if err := js.DeleteStream(t.Context(), "SQUATTER"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = streams.Provision(t.Context(), js, topo, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created += rep.Count(streams.ActionCreated); created != all {
+		t.Fatalf("created %d over the two runs, want each of the %d once:\n%s", created, all, rep)
 	}
 }
