@@ -18,7 +18,7 @@ const (
 	ActionCreated   Action = "created"
 	ActionUpdated   Action = "updated"
 	ActionUnchanged Action = "unchanged"
-	ActionDrift     Action = "drift" // differs, and was not (or cannot be) changed
+	ActionDrift     Action = "drift"  // differs, and was not (or cannot be) changed
 	ActionFailed    Action = "failed" // missing, and creating it failed (the error says why)
 )
 

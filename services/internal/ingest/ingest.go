@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -167,25 +168,12 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int) ([
 // announced (nearly all) is read into a buffer of that size, not grown to it
 // by doubling as io.ReadAll does.
 func readAll(r io.Reader, limit int, length int64) ([]byte, error) {
-	size := 512
+	var b bytes.Buffer
 	if length > 0 && length <= int64(limit) {
-		size = int(length) + 1 // the last read finds EOF without growing the buffer
+		b.Grow(int(length) + bytes.MinRead) // ReadFrom wants MinRead free to find EOF
 	}
-	b := make([]byte, 0, size)
-	lr := io.LimitReader(r, int64(limit)+1)
-	for {
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)]
-		}
-		n, err := lr.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return b, err
-		}
-	}
+	_, err := b.ReadFrom(io.LimitReader(r, int64(limit)+1))
+	return b.Bytes(), err
 }
 
 // writeKey finds the write key: Basic user name, Bearer token, or the body.
