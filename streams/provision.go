@@ -65,8 +65,12 @@ func (r Report) String() string {
 		b.WriteString(c.String())
 		b.WriteByte('\n')
 	}
-	fmt.Fprintf(&b, "%d created, %d updated, %d unchanged, %d drift, %d failed\n",
-		r.Count(ActionCreated), r.Count(ActionUpdated), r.Count(ActionUnchanged), r.Count(ActionDrift), r.Count(ActionFailed))
+	fmt.Fprintf(&b, "%d created, %d updated, %d unchanged, %d drift",
+		r.Count(ActionCreated), r.Count(ActionUpdated), r.Count(ActionUnchanged), r.Count(ActionDrift))
+	if n := r.Count(ActionFailed); n > 0 {
+		fmt.Fprintf(&b, ", %d failed", n)
+	}
+	b.WriteByte('\n')
 	return b.String()
 }
 

@@ -173,6 +173,9 @@ func TestProvisionReportsAFailedCreateAsFailed(t *testing.T) {
 	if got := rep.Count(streams.ActionFailed); got != inbound0 {
 		t.Fatalf("failed = %d, want %d:\n%s", got, inbound0, rep)
 	}
+	if !strings.Contains(rep.String(), ", 1 failed\n") || !strings.Contains(rep.String(), "failed    INBOUND_0") {
+		t.Fatalf("the report does not show the failure:\n%s", rep)
+	}
 	created := rep.Count(streams.ActionCreated)
 	if err := js.DeleteStream(t.Context(), "SQUATTER"); err != nil {
 		t.Fatal(err)
