@@ -85,7 +85,9 @@ func (c *Consumer) forwarder(work <-chan *forwarding, done chan<- struct{}) {
 			}
 			select {
 			case ack := <-fut.Ok():
-				sp.SetAttributes(attribute.Int64("messaging.nats.stream_sequence", int64(ack.Sequence)), attribute.Bool("shardflow.duplicate", ack.Duplicate))
+				if sp.IsRecording() {
+					sp.SetAttributes(attribute.Int64("messaging.nats.stream_sequence", int64(ack.Sequence)), attribute.Bool("shardflow.duplicate", ack.Duplicate))
+				}
 			case err := <-fut.Err():
 				out = Retry(fmt.Errorf("forward to %s: %w", fut.Msg().Subject, err))
 				waiting = false

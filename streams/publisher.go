@@ -163,14 +163,19 @@ func (p *Publisher) withTimeout(ctx context.Context) (context.Context, context.C
 
 // startSend starts the PRODUCER span of publishing m.
 func (p *Publisher) startSend(ctx context.Context, m Message) (context.Context, trace.Span) {
-	return p.tracer.Start(ctx, "send "+StreamName(m.Subject.Kind, m.Subject.Shard),
-		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(append(subjectAttrs(m.Subject), attrSystemNATS,
+	ctx, span := p.tracer.Start(ctx, "send "+StreamName(m.Subject.Kind, m.Subject.Shard), trace.WithSpanKind(trace.SpanKindProducer))
+	if span.IsRecording() {
+		// Built only for a span that is kept, as the consumer's are: a
+		// stage that forwards every message would otherwise pay for them
+		// with nothing recording.
+		span.SetAttributes(append(subjectAttrs(m.Subject), attrSystemNATS,
 			semconv.MessagingOperationTypeSend,
 			semconv.MessagingOperationName("send"),
 			semconv.MessagingDestinationName(m.Subject.String()),
 			semconv.MessagingMessageID(m.ID),
-			semconv.MessagingMessageBodySize(len(m.Data)))...))
+			semconv.MessagingMessageBodySize(len(m.Data)))...)
+	}
+	return ctx, span
 }
 
 // Publish publishes m and returns once JetStream acknowledged it. A repeat
