@@ -4,10 +4,7 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/http"
-	"runtime/debug"
-	"strconv"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
@@ -32,13 +29,8 @@ func main() {
 }
 
 func run(ctx context.Context, cfg config) error {
-	switch pct, err := strconv.Atoi(cfg.GCPercent); {
-	case cfg.GCPercent == "off":
-		debug.SetGCPercent(-1)
-	case err != nil:
-		return fmt.Errorf("gc-percent (GOGC) %q: a whole number or off", cfg.GCPercent)
-	default:
-		debug.SetGCPercent(pct)
+	if err := service.SetGCPercent(cfg.GCPercent); err != nil {
+		return err
 	}
 	env, err := service.StartEdge(ctx, "ingest", cfg.Common, streams.KindInbound)
 	if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/debug"
+	"strconv"
 
 	"github.com/alecthomas/kong"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -33,6 +35,22 @@ func (e *Env) ShardDSNs() (db.ShardDSNs, error) {
 		return db.ShardDSNs{}, fmt.Errorf("%s refuses to start: %w", e.Name, err)
 	}
 	return dsns, nil
+}
+
+// SetGCPercent applies a binary's --gc-percent (env GOGC): a whole number,
+// or off. Each binary picks its default for its garbage: ingest trades heap
+// for CPU, the processor the other way round.
+func SetGCPercent(v string) error {
+	if v == "off" {
+		debug.SetGCPercent(-1)
+		return nil
+	}
+	pct, err := strconv.Atoi(v)
+	if err != nil {
+		return fmt.Errorf("gc-percent (GOGC) %q: a whole number or off", v)
+	}
+	debug.SetGCPercent(pct)
+	return nil
 }
 
 // OpenDatabase runs the migrations on the main database (idempotent, safe

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -51,5 +52,21 @@ func TestGroupReportsActorsThatDoNotStop(t *testing.T) {
 	err := g.Run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), 50*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "did not stop within") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+func TestSetGCPercent(t *testing.T) {
+	prev := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(prev)
+	for v, want := range map[string]int{"50": 50, "400": 400, "off": -1} {
+		if err := SetGCPercent(v); err != nil {
+			t.Fatalf("SetGCPercent(%q): %v", v, err)
+		}
+		if got := debug.SetGCPercent(100); got != want {
+			t.Errorf("SetGCPercent(%q) set %d, want %d", v, got, want)
+		}
+	}
+	if err := SetGCPercent("fifty"); err == nil || !strings.Contains(err.Error(), `gc-percent (GOGC) "fifty"`) {
+		t.Errorf("a bad value: %v, want an error naming it", err)
 	}
 }
