@@ -84,7 +84,7 @@ func runBacklog(ctx context.Context, s *Suite, sc *Scenario) error {
 	sc.Declare(fReady, "MiB", fIdle, nil)
 	sc.Declare(fPeak, "MiB", fIdle, RatioAtMost(1.5))
 	sc.Set("backlog: %d track events of about 1 KiB (the ingest form, with Nats-Msg-Id and generation headers) published straight to INBOUND while the processor is stopped (SIGTERM)", n)
-	sc.Set("a fresh stack per run (accounts and processor as processes, processor defaults: Concurrency 32, MaxInFlight 256, the outbound messages returned as a Forward outcome); the account's \"Bench\" trigger makes the processor publish one outbound message per event (no sender runs)")
+	sc.Set("a fresh stack per run (accounts and processor as processes, processor defaults: Concurrency 32, MaxInFlight 256, GOGC 50, the outbound messages returned as a Forward outcome); the account's \"Bench\" trigger makes the processor publish one outbound message per event (no sender runs)")
 	sc.Set("RSS: VmRSS of /proc/<pid>/status every 100 ms — idle: median over 3 s with the processor running and nothing to do; peak: maximum from its restart until INBOUND is empty")
 	sc.Set("raw drain: the same number of events, stored the same way, consumed from the processor's durable by nats.go Consume() (default options) with an explicit ack each, measured in the same run before the processor drains its backlog")
 	for r := range s.Cfg.Runs {
