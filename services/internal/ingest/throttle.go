@@ -44,7 +44,11 @@ func (h *Handler) brakeLimiterFor(acct streams.Account) (*brakeLimiter, float64)
 	b := h.brakes[acct.ID]
 	if b == nil || b.rate != perS {
 		// Burst: one full batch, so a batch is never refused for its size.
-		b = &brakeLimiter{l: rate.NewLimiter(rate.Limit(perS), max(int(perS), streams.MaxBatch)), rate: perS}
+		// The bucket starts empty: the account gets the brake's pace from
+		// the moment it is braked, not a batch's worth on top.
+		burst := max(int(perS), streams.MaxBatch)
+		b = &brakeLimiter{l: rate.NewLimiter(rate.Limit(perS), burst), rate: perS}
+		b.l.AllowN(time.Now(), burst)
 		h.brakes[acct.ID] = b
 	}
 	return b, perS

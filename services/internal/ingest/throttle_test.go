@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/shardflow/shardflow/services/internal/ingest"
 	"github.com/shardflow/shardflow/streams"
@@ -35,10 +36,11 @@ func (b *brakes) Braked(account string) (float64, bool) {
 	return r, ok
 }
 
-// An account a stage brakes is paced at the stage's rate: what fits is
-// stored, the rest refused with 429, Retry-After and a message naming the
-// rate — before its body is even parsed — and another account is never
-// touched; once the stage lets go, so does ingest.
+// An account a stage brakes is paced at the stage's rate from the moment it
+// is braked: nothing gets in on credit, what exceeds the pace is refused
+// with 429, Retry-After and a message naming the pace — before its body is
+// even parsed — and another account is never touched; once the stage lets
+// go, so does ingest.
 func TestBrakedAccountIsPacedAtItsStagesRate(t *testing.T) {
 	f := setup(t)
 	b := &brakes{m: map[string]float64{}}
@@ -50,7 +52,6 @@ func TestBrakedAccountIsPacedAtItsStagesRate(t *testing.T) {
 	srv := httptest.NewServer(h.Routes())
 	defer srv.Close()
 	g := &fixture{srv: srv, js: f.js, dir: f.dir, topo: f.topo}
-
 	batch := func(prefix string, n int) string {
 		var s strings.Builder
 		s.WriteString(`{"batch":[`)
@@ -63,21 +64,13 @@ func TestBrakedAccountIsPacedAtItsStagesRate(t *testing.T) {
 		s.WriteString(`]}`)
 		return s.String()
 	}
-	b.set("acme", 0.1) // a tenth of an event a second: the burst (one full batch), then nothing
-	if r := g.post(t, "/v1/batch", "wk_acme", batch("a", 600), "basic"); r.code != http.StatusOK {
-		t.Fatalf("the first batch of a braked account (within its burst): %d %s", r.code, r.Error)
-	}
-	r := g.post(t, "/v1/batch", "wk_acme", batch("b", 600), "basic")
-	if r.code != http.StatusTooManyRequests || !strings.Contains(r.Error, "slowed to 0.1 events/s") {
-		t.Fatalf("over the braked pace: %d %q; want 429 naming the pace", r.code, r.Error)
-	}
-	if r := g.post(t, "/v1/batch", "wk_acme", batch("c", 400), "basic"); r.code != http.StatusOK {
-		t.Fatalf("the rest of the burst: %d %s", r.code, r.Error)
-	}
+
+	// Braked at a tenth of an event a second: nothing gets in.
+	b.set("acme", 0.1)
 	before := f.stored(t, 0)
-	r = g.post(t, "/v1/batch", "wk_acme", batch("d", 1), "basic")
-	if r.code != http.StatusTooManyRequests {
-		t.Fatalf("with the pace used up: %d %q; want 429", r.code, r.Error)
+	r := g.post(t, "/v1/batch", "wk_acme", batch("a", 1), "basic")
+	if r.code != http.StatusTooManyRequests || !strings.Contains(r.Error, "slowed to 0.1 events/s") {
+		t.Fatalf("the first event of a braked account: %d %q; want 429 naming the pace (no burst on credit)", r.code, r.Error)
 	}
 	if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 1 {
 		t.Fatalf("Retry-After %q, want whole seconds ≥ 1", r.header.Get("Retry-After"))
@@ -97,8 +90,27 @@ func TestBrakedAccountIsPacedAtItsStagesRate(t *testing.T) {
 	if r := g.post(t, "/v1/batch", "wk_slow", batch("s", 1), "basic"); r.code != http.StatusOK {
 		t.Fatalf("an account no stage brakes: %d %q", r.code, r.Error)
 	}
+
+	// Braked at 500 events/s: a batch of 300 gets in once the pace has
+	// room for it (about 0.6 s), and the next one straight after does not.
+	b.set("acme", 500)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := g.post(t, "/v1/batch", "wk_acme", batch("b", 300), "basic")
+		if r.code == http.StatusOK {
+			break
+		}
+		if r.code != http.StatusTooManyRequests || time.Now().After(deadline) {
+			t.Fatalf("a batch within the pace of 500/s: %d %q", r.code, r.Error)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r := g.post(t, "/v1/batch", "wk_acme", batch("c", 300), "basic"); r.code != http.StatusTooManyRequests || !strings.Contains(r.Error, "slowed to 500 events/s") {
+		t.Fatalf("a second batch at once: %d %q; want 429 naming the pace", r.code, r.Error)
+	}
+
 	b.set("acme", 0)
-	if r := g.post(t, "/v1/batch", "wk_acme", batch("e", 600), "basic"); r.code != http.StatusOK {
+	if r := g.post(t, "/v1/batch", "wk_acme", batch("d", 600), "basic"); r.code != http.StatusOK {
 		t.Fatalf("after the stage let go: %d %q", r.code, r.Error)
 	}
 }
