@@ -18,7 +18,16 @@ import (
 // messages are dropped by the server: acking them is harmless and they are
 // never redelivered. Only STREAM.PURGE is needed, not STREAM.INFO.
 func PurgeSubject(ctx context.Context, nc *nats.Conn, stream, filter string) (uint64, error) {
-	req, _ := json.Marshal(map[string]string{"filter": filter})
+	return purgeUpTo(ctx, nc, stream, filter, 0)
+}
+
+// purgeUpTo is PurgeSubject limited to the messages below sequence upTo
+// (0: all).
+func purgeUpTo(ctx context.Context, nc *nats.Conn, stream, filter string, upTo uint64) (uint64, error) {
+	req, _ := json.Marshal(struct {
+		Filter string `json:"filter"`
+		Seq    uint64 `json:"seq,omitempty"`
+	}{filter, upTo})
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
@@ -47,14 +56,16 @@ func PurgeSubject(ctx context.Context, nc *nats.Conn, stream, filter string) (ui
 const HeaderWake = "Shardflow-Wake"
 
 // PurgeAccount purges one account's subjects from a kind's stream on a
-// shard and returns how many messages were removed. On a work-queue (stage)
+// shard and returns how many messages were removed. It purges a range of
+// sequences at a time (purgeInSteps), so the other accounts of the shard
+// wait for no long hold of their stream. On a work-queue (stage)
 // stream it then publishes a wake-up message for the stage consumer: the
 // server does not wake a pull consumer that was at MaxAckPending when the
 // purge freed its slots (anchors, check 1f), so without it the other
 // accounts of the shard wait until the consumer's next pull request.
 func PurgeAccount(ctx context.Context, js jetstream.JetStream, kind Kind, shard int, account string) (uint64, error) {
 	stream := StreamName(kind, shard)
-	n, err := PurgeSubject(ctx, js.Conn(), stream, AccountFilter(kind, shard, account))
+	n, err := purgeInSteps(ctx, js, stream, AccountFilter(kind, shard, account))
 	if err != nil || (kind != KindInbound && kind != KindOutbound) {
 		return n, err
 	}
@@ -70,6 +81,31 @@ func PurgeAccount(ctx context.Context, js jetstream.JetStream, kind Kind, shard 
 		return n, fmt.Errorf("streams: wake %s after purging %s: %w", stream, account, err)
 	}
 	return n, nil
+}
+
+// purgeStep is how many sequences one purge request covers.
+const purgeStep = 16_384
+
+// purgeInSteps purges filter from stream a range of purgeStep sequences at
+// a time, then whatever is left: a filtered purge holds the stream while it
+// runs, and one over a whole large stream holds up every other account's
+// publishes and fetches on the shard for as long; steps bound each hold.
+func purgeInSteps(ctx context.Context, js jetstream.JetStream, stream, filter string) (uint64, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return 0, fmt.Errorf("streams: purge %s from %s: %w", filter, stream, err)
+	}
+	st := s.CachedInfo().State
+	var total uint64
+	for upTo := st.FirstSeq + purgeStep; upTo <= st.LastSeq; upTo += purgeStep {
+		n, err := purgeUpTo(ctx, js.Conn(), stream, filter, upTo)
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	n, err := purgeUpTo(ctx, js.Conn(), stream, filter, 0)
+	return total + n, err
 }
 
 // CountSubject returns how many messages of stream match filter.
