@@ -223,36 +223,40 @@ func convertNumbers(v any) bool {
 	switch v := v.(type) {
 	case map[string]any:
 		for k, e := range v {
-			switch e := e.(type) {
-			case map[string]any, []any:
-				if !convertNumbers(e) {
-					return false
-				}
-			case json.Number:
-				f, err := strconv.ParseFloat(string(e), 64)
-				if err != nil {
-					return false
-				}
+			f, isNum, ok := convertNumber(e)
+			if !ok {
+				return false
+			}
+			if isNum {
 				v[k] = f
 			}
 		}
 	case []any:
 		for i, e := range v {
-			switch e := e.(type) {
-			case map[string]any, []any:
-				if !convertNumbers(e) {
-					return false
-				}
-			case json.Number:
-				f, err := strconv.ParseFloat(string(e), 64)
-				if err != nil {
-					return false
-				}
+			f, isNum, ok := convertNumber(e)
+			if !ok {
+				return false
+			}
+			if isNum {
 				v[i] = f
 			}
 		}
 	}
 	return true
+}
+
+// convertNumber is convertNumbers for one element: a number is returned
+// converted (isNum), an object or array converted in place; ok is false
+// for a number out of range, in e or below it.
+func convertNumber(e any) (f float64, isNum, ok bool) {
+	switch e := e.(type) {
+	case map[string]any, []any:
+		return 0, false, convertNumbers(e)
+	case json.Number:
+		f, err := strconv.ParseFloat(string(e), 64)
+		return f, true, err == nil
+	}
+	return 0, false, true
 }
 
 // value converts the numbers of v in place and returns the converted v.
@@ -287,58 +291,70 @@ func (c *converter) value(v any, loc []string) any {
 // batchItems returns the JSON text of each element of the top-level
 // "batch" array of body, or nil if there is none. body must be
 // well-formed JSON: its grammar is not checked again (but no input makes
-// this panic). As in the decoder, the last "batch" key wins.
+// this panic or hang). As in the decoder, the last "batch" key wins.
 func batchItems(body []byte) [][]byte {
-	i := skipSpace(body, 0)
-	if i >= len(body) || body[i] != '{' {
-		return nil
+	var items [][]byte
+	members(body, func(key, val []byte) {
+		if !isKey(key, "batch") {
+			return
+		}
+		items = nil
+		if len(val) > 0 && val[0] == '[' {
+			items = elements(val)
+		}
+	})
+	return items
+}
+
+// members calls fn with the quoted key and the JSON text of the value of
+// each top-level member of the object b holds, in order. b must be
+// well-formed JSON: its grammar is not checked again (but no input makes
+// this panic or hang).
+func members(b []byte, fn func(key, val []byte)) {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return
 	}
 	i++
-	var items [][]byte
 	for {
-		i = skipSpace(body, i)
-		if i >= len(body) || body[i] == '}' {
-			return items
+		i = skipSpace(b, i)
+		if i >= len(b) || b[i] == '}' {
+			return
 		}
-		if body[i] == ',' {
+		if b[i] == ',' {
 			i++
 			continue
 		}
 		start := i
-		i = skipString(body, i)
-		key := body[start:i]
-		i = skipSpace(body, i)
-		if i < len(body) && body[i] == ':' {
+		i = skipString(b, i)
+		key := b[start:i]
+		i = skipSpace(b, i)
+		if i < len(b) && b[i] == ':' {
 			i++
 		}
-		i = skipSpace(body, i)
-		if !isKey(key, "batch") {
-			i = skipValue(body, i)
+		i = skipSpace(b, i)
+		vstart := i
+		i = max(skipValue(b, i), vstart+1) // a stray ] or } is passed over
+		fn(key, b[vstart:min(i, len(b))])
+	}
+}
+
+// elements returns the JSON text of each element of the array arr holds
+// (non-nil, empty for []). Like members, it does not check the grammar.
+func elements(arr []byte) [][]byte {
+	items := [][]byte{}
+	for i := 1; ; { // after the [
+		i = skipSpace(arr, i)
+		if i >= len(arr) || arr[i] == ']' {
+			return items
+		}
+		if arr[i] == ',' {
+			i++
 			continue
 		}
-		items = nil
-		if i >= len(body) || body[i] != '[' {
-			i = skipValue(body, i)
-			continue
-		}
-		items = [][]byte{}
-		for i++; ; {
-			i = skipSpace(body, i)
-			if i >= len(body) {
-				return items
-			}
-			if body[i] == ']' {
-				i++
-				break
-			}
-			if body[i] == ',' {
-				i++
-				continue
-			}
-			start := i
-			i = skipValue(body, i)
-			items = append(items, body[start:i:i])
-		}
+		start := i
+		i = max(skipValue(arr, i), start+1) // a stray } is passed over
+		items = append(items, arr[start:min(i, len(arr)):min(i, len(arr))])
 	}
 }
 

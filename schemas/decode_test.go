@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/shardflow/shardflow/schemas"
 )
@@ -670,4 +671,18 @@ func TestConcurrentDecode(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// The raw item scanner is only given well-formed JSON, but no input may
+// make it hang or panic: stray closing brackets are passed over.
+func TestBatchItemsPassesOverStrayBrackets(t *testing.T) {
+	for _, body := range []string{`{"batch":[}]}`, `{"batch":[1,}`, `{"batch":[1}]}`, `{"a":}`, `{"batch":[`, `{"batch":]}`, `{}}`} {
+		done := make(chan []int, 1)
+		go func() { done <- schemas.BatchItemSizes([]byte(body)) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("BatchItemSizes(%q) did not return", body)
+		}
+	}
 }

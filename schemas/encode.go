@@ -79,43 +79,20 @@ func AppendEvent(dst []byte, ev *Event, raw []byte) ([]byte, error) {
 // traits, properties and context of raw, a well-formed JSON object, when
 // they are objects; as in the decoder, the last of repeated keys wins.
 func rawObjects(raw []byte) (traits, properties, context []byte) {
-	i := skipSpace(raw, 0)
-	if i >= len(raw) || raw[i] != '{' {
-		return nil, nil, nil
-	}
-	i++
-	for {
-		i = skipSpace(raw, i)
-		if i >= len(raw) || raw[i] == '}' {
-			return traits, properties, context
-		}
-		if raw[i] == ',' {
-			i++
-			continue
-		}
-		start := i
-		i = skipString(raw, i)
-		key := raw[start:i]
-		i = skipSpace(raw, i)
-		if i < len(raw) && raw[i] == ':' {
-			i++
-		}
-		i = skipSpace(raw, i)
-		vstart := i
-		i = skipValue(raw, i)
-		var v []byte
-		if vstart < len(raw) && raw[vstart] == '{' {
-			v = raw[vstart:i]
+	members(raw, func(key, val []byte) {
+		if len(val) == 0 || val[0] != '{' {
+			val = nil
 		}
 		switch {
 		case isKey(key, "traits"):
-			traits = v
+			traits = val
 		case isKey(key, "properties"):
-			properties = v
+			properties = val
 		case isKey(key, "context"):
-			context = v
+			context = val
 		}
-	}
+	})
+	return traits, properties, context
 }
 
 // isEmptyObject reports whether b, a JSON object, has no member.
