@@ -451,17 +451,7 @@ func ExampleBrake() {
 	ctx := context.Background()
 	js, topo, stop := exampleServer(ctx)
 	defer stop()
-	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
-	var batch []streams.Message
-	for i := range 300 {
-		batch = append(batch, streams.Message{
-			Subject: streams.Subject{Kind: streams.KindInbound, Shard: 0, Account: "acme", Type: "identify"},
-			ID:      streams.MessageID("acme", 1, fmt.Sprintf("poison-%d", i)), Data: []byte(`{"traits":"\u0000"}`),
-		})
-	}
-	if err := pub.PublishBatch(ctx, batch); err != nil {
-		log.Fatal(err)
-	}
+	examplePoison(ctx, js, topo, 300)
 
 	c, _ := streams.NewConsumer(ctx, streams.ConsumerConfig{
 		JetStream: js, Topology: topo, Stage: streams.StageProcessor, Shard: 0,
@@ -499,17 +489,7 @@ func ExampleWatchBrakes() {
 		log.Fatal(err)
 	}
 	defer w.Close()
-	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
-	var batch []streams.Message
-	for i := range 200 {
-		batch = append(batch, streams.Message{
-			Subject: streams.Subject{Kind: streams.KindInbound, Shard: 0, Account: "acme", Type: "identify"},
-			ID:      streams.MessageID("acme", 1, fmt.Sprintf("poison-%d", i)), Data: []byte(`{"traits":"\u0000"}`),
-		})
-	}
-	if err := pub.PublishBatch(ctx, batch); err != nil {
-		log.Fatal(err)
-	}
+	examplePoison(ctx, js, topo, 200)
 	c, _ := streams.NewConsumer(ctx, streams.ConsumerConfig{
 		JetStream: js, Topology: topo, Stage: streams.StageProcessor, Shard: 0,
 		Brake: streams.Brake{Above: 0.9, Rate: 100, Announce: true},

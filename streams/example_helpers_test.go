@@ -2,6 +2,7 @@ package streams_test
 
 import (
 	"context"
+	"fmt"
 	"log"
 	"os"
 
@@ -35,5 +36,21 @@ func exampleServer(ctx context.Context) (jetstream.JetStream, streams.Topology, 
 		srv.Shutdown()
 		srv.WaitForShutdown()
 		os.RemoveAll(dir)
+	}
+}
+
+// examplePoison stores n identify events of acme that a stage can only
+// dead-letter (traits holding a NUL, which Postgres' jsonb refuses).
+func examplePoison(ctx context.Context, js jetstream.JetStream, topo streams.Topology, n int) {
+	pub, _ := streams.NewPublisher(streams.PublisherConfig{JetStream: js, Topology: topo})
+	var batch []streams.Message
+	for i := range n {
+		batch = append(batch, streams.Message{
+			Subject: streams.Subject{Kind: streams.KindInbound, Shard: 0, Account: "acme", Type: "identify"},
+			ID:      streams.MessageID("acme", 1, fmt.Sprintf("poison-%d", i)), Data: []byte(`{"traits":"\u0000"}`),
+		})
+	}
+	if err := pub.PublishBatch(ctx, batch); err != nil {
+		log.Fatal(err)
 	}
 }
