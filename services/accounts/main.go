@@ -56,7 +56,7 @@ func run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	shardPools, err := env.OpenAllShardDatabases(ctx)
+	shardPools, err := env.OpenAllShardDatabases(ctx, pool)
 	if err != nil {
 		return err
 	}

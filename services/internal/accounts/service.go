@@ -29,10 +29,11 @@ type Config struct {
 	// Pool is the main database's pool (accounts, the deletion audit and
 	// tombstones, the dead-letter index). Required.
 	Pool *pgxpool.Pool
-	// ShardPools holds each shard's pool on the database of its people,
-	// triggers and deliveries (service.Env.OpenAllShardDatabases): every
-	// shard of the topology. Nil: every shard's rows are in Pool's database
-	// and go through Pool.
+	// ShardPools gives each shard's pool on the database of its people,
+	// triggers and deliveries (service.Env.OpenAllShardDatabases): a shard
+	// without a database of its own must be given Pool itself, so its rows
+	// go through the connection a transaction already holds. Nil: every
+	// shard's rows are in Pool's database.
 	ShardPools *db.Pools
 	// JetStream is the client for the directory, lifecycle events, purges
 	// and held-message release; its connection (JetStream.Conn()) sends the

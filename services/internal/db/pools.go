@@ -57,17 +57,25 @@ func PerShard(n int) int32 {
 	return max(4, DefaultMaxConns/int32(max(n, 1)))
 }
 
-// For returns shard's pool. A shard the process was not opened for is a
-// programming error: the stage consumes only the shards it opened pools for.
+// Otherwise makes pool the pool of every shard p has none of (the accounts
+// service: a shard without a database of its own is served by the main
+// pool itself). Close does not close it. It returns p.
+func (p *Pools) Otherwise(pool *pgxpool.Pool) *Pools {
+	p.shared = pool
+	return p
+}
+
+// For returns shard's pool: its own, else the shared one (SharedPool,
+// Otherwise). A shard with neither is a programming error: a stage consumes
+// only the shards it opened pools for.
 func (p *Pools) For(shard int) *pgxpool.Pool {
-	if p.shared != nil {
-		return p.shared
+	if pool, ok := p.byShard[shard]; ok {
+		return pool
 	}
-	pool, ok := p.byShard[shard]
-	if !ok {
+	if p.shared == nil {
 		panic(fmt.Sprintf("db: no pool for shard %d", shard))
 	}
-	return pool
+	return p.shared
 }
 
 // Shards returns the shards OpenPools opened pools for, in order (none
@@ -78,10 +86,10 @@ func (p *Pools) Shards() []int {
 
 // Ping checks every pool; each failure names its shard and database.
 func (p *Pools) Ping(ctx context.Context) error {
-	if p.shared != nil {
-		return p.shared.Ping(ctx)
-	}
 	var errs []error
+	if p.shared != nil {
+		errs = append(errs, p.shared.Ping(ctx))
+	}
 	for _, n := range p.Shards() {
 		errs = append(errs, p.PingShard(ctx, n))
 	}

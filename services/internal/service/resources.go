@@ -94,17 +94,33 @@ func (e *Env) OpenShardDatabases(ctx context.Context) (*db.Pools, error) {
 	return pools, nil
 }
 
-// OpenAllShardDatabases is OpenShardDatabases for every shard of the
-// topology (the accounts service serves every account), without readiness
-// checks: one shard's database being down must not take the admin API away
-// from the accounts of the other shards; the requests that need that
-// database fail, naming its shard.
-func (e *Env) OpenAllShardDatabases(ctx context.Context) (*db.Pools, error) {
-	shards := make([]int, e.Topo.Shards)
-	for i := range shards {
-		shards[i] = i
+// OpenAllShardDatabases gives the accounts service, which serves every
+// account, a pool for each shard that has a database of its own; every
+// other shard is served by main itself, so that in the default
+// configuration (one database) a deletion's row step stays one transaction
+// on the connection the saga holds. No readiness checks: one shard's
+// database being down must not take the admin API away from the accounts
+// of the other shards; the requests that need that database fail, naming
+// its shard.
+func (e *Env) OpenAllShardDatabases(ctx context.Context, main *pgxpool.Pool) (*db.Pools, error) {
+	dsns, err := e.ShardDSNs()
+	if err != nil {
+		return nil, err
 	}
-	return e.openShardPools(ctx, shards)
+	var own []int
+	for n := range e.Topo.Shards {
+		if dsns.Own(n) {
+			own = append(own, n)
+		}
+	}
+	if len(own) == 0 {
+		return db.SharedPool(main), nil
+	}
+	pools, err := e.openShardPools(ctx, own)
+	if err != nil {
+		return nil, err
+	}
+	return pools.Otherwise(main), nil
 }
 
 // openShardPools migrates each distinct database of shards once, then opens

@@ -74,7 +74,7 @@ func TestOpenDatabasesRefuseABadShardConfiguration(t *testing.T) {
 	for name, open := range map[string]func(context.Context) error{
 		"OpenDatabase":          func(ctx context.Context) error { _, err := e.OpenDatabase(ctx); return err },
 		"OpenShardDatabases":    func(ctx context.Context) error { _, err := e.OpenShardDatabases(ctx); return err },
-		"OpenAllShardDatabases": func(ctx context.Context) error { _, err := e.OpenAllShardDatabases(ctx); return err },
+		"OpenAllShardDatabases": func(ctx context.Context) error { _, err := e.OpenAllShardDatabases(ctx, nil); return err },
 	} {
 		err := open(t.Context())
 		if err == nil || !strings.Contains(err.Error(), "processor refuses to start") || !strings.Contains(err.Error(), "entry 2") ||
@@ -84,17 +84,35 @@ func TestOpenDatabasesRefuseABadShardConfiguration(t *testing.T) {
 	}
 }
 
-// The accounts service opens every shard, and no readiness check: one
-// shard's database down must not take its admin API from the others.
-func TestOpenAllShardDatabasesOpensEveryShardWithoutReadiness(t *testing.T) {
-	_, dsn := dbtest.New(t)
+// The accounts service gets a pool for each shard with a database of its
+// own and the main pool itself for every other shard (in the default
+// configuration, only the main pool: a deletion's row step stays one
+// transaction), and no readiness check: one shard's database down must not
+// take its admin API from the others.
+func TestOpenAllShardDatabasesOpensOnlyShardsWithTheirOwnDatabase(t *testing.T) {
+	main, dsn := dbtest.New(t)
 	e := testEnv(t, Common{DatabaseURL: dsn, Shards: 3, ConsumeShards: "1"})
-	pools, err := e.OpenAllShardDatabases(t.Context())
+	pools, err := e.OpenAllShardDatabases(t.Context(), main)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := pools.Shards(); len(got) != 3 {
-		t.Errorf("shards %v, want 0..2", got)
+	for n := range 3 {
+		if pools.For(n) != main {
+			t.Errorf("one database: shard %d has a pool of its own, want the main pool", n)
+		}
+	}
+
+	_, own := dbtest.New(t)
+	e = testEnv(t, Common{DatabaseURL: dsn, ShardDatabaseURLs: "2=" + own, Shards: 3, ConsumeShards: "1"})
+	pools, err = e.OpenAllShardDatabases(t.Context(), main)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pools.Shards(); len(got) != 1 || got[0] != 2 {
+		t.Errorf("pools for shards %v, want only 2's", got)
+	}
+	if pools.For(0) != main || pools.For(1) != main || pools.For(2) == main {
+		t.Error("shards 0 and 1 must use the main pool, shard 2 its own")
 	}
 	pools.For(2).Close()
 	if failed := e.Checks.Run(t.Context()); len(failed) != 0 {
