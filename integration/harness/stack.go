@@ -326,16 +326,8 @@ func (p *Proc) WaitReady(within time.Duration) {
 
 // Ready reports whether /readyz answers 200 now.
 func (p *Proc) Ready() bool {
-	addr := p.HealthAddr()
-	if addr == "" {
-		return false
-	}
-	resp, err := http.Get("http://" + addr + "/readyz")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == 200
+	ready, _ := p.Readiness()
+	return ready
 }
 
 // Metrics returns the process's /metrics text.
